@@ -1,0 +1,50 @@
+# cifar-bench: `make bench-cpu` runs the main job, `make test` the tests. Both set up
+# the environment (.venv, from pyproject.toml) on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STAMP_TIME = $(shell date +%Y%m%d-%H%M%S)
+HOST = $(shell hostname)
+RUNS ?= runs
+
+.PHONY: venv test lint bench-cpu bench-gpu bench-quick bench-compare perf gpu-check clean
+
+# Re-created only when pyproject.toml changes; the stamp is written last, so an
+# interrupted install is retried rather than taken for done.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+.venv venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check cnn bench tests
+
+# The standard CPU sweep, its accuracy verdicts and its report (under 10 minutes on a
+# 2-core laptop). The verdicts are printed last; a "not equivalent" pair makes the
+# command fail after the report is written.
+bench-cpu: $(STAMP)
+	@run=$(RUNS)/$(HOST)-cpu-$(STAMP_TIME); \
+	$(BIN)/cifar-bench run --preset standard --devices cpu --out $$run $(ARGS) && \
+	$(BIN)/cifar-bench report $$run && \
+	$(BIN)/cifar-bench equivalence $$run
+
+# The CUDA sweep plus the CPU reference runs the accuracy check needs.
+bench-gpu: $(STAMP)
+	@run=$(RUNS)/$(HOST)-cuda-$(STAMP_TIME); \
+	$(BIN)/cifar-bench run --preset standard --devices cuda --out $$run $(ARGS) && \
+	$(BIN)/cifar-bench report $$run && \
+	$(BIN)/cifar-bench equivalence $$run
+
+bench-quick: $(STAMP)
+	@run=$(RUNS)/$(HOST)-quick-$(STAMP_TIME); \
+	$(BIN)/cifar-bench run --preset quick --devices cpu --out $$run $(ARGS) && \
+	$(BIN)/cifar-bench report $$run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

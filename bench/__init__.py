@@ -1,0 +1,1 @@
+"""The benchmark harness: sweeps, timing, results, equivalence and reports. Uses `cnn`."""

@@ -1,0 +1,357 @@
+"""`cifar-bench` / `python -m bench`: run, report, equivalence, perf.
+
+Input is validated here, at the edge: a bad value ends the command with one line naming
+the value and what was expected, and exit status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# ---- value parsers (argparse `type=`) ---------------------------------------------------
+
+def _bad(value: str, expected: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(f"could not parse value: {value!r}; expected {expected}")
+
+
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise _bad(value, "a positive integer") from None
+    if n < 1:
+        raise _bad(value, "a positive integer")
+    return n
+
+
+def non_negative_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise _bad(value, "an integer >= 0") from None
+    if n < 0:
+        raise _bad(value, "an integer >= 0")
+    return n
+
+
+def positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise _bad(value, "a positive number") from None
+    if not x > 0 or x != x or x == float("inf"):
+        raise _bad(value, "a positive number")
+    return x
+
+
+def fraction(value: str) -> float:
+    """A fraction 0..1, or a percentage 1..100."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise _bad(value, "an accuracy such as 0.6 or 60") from None
+    if 1 < x <= 100:
+        x /= 100
+    if not 0 < x <= 1:
+        raise _bad(value, "an accuracy such as 0.6 or 60")
+    return x
+
+
+def comma_list(item: Callable[[str], object], what: str) -> Callable[[str], tuple]:
+    def parse(value: str) -> tuple:
+        parts = [p.strip() for p in value.split(",")]
+        if not value.strip() or any(not p for p in parts):
+            raise _bad(value, f"a comma-separated list of {what}")
+        out = []
+        for p in parts:
+            try:
+                out.append(item(p))
+            except argparse.ArgumentTypeError:
+                raise _bad(value, f"a comma-separated list of {what}") from None
+        return tuple(dict.fromkeys(out))
+    return parse
+
+
+def choice_list(choices: Sequence[str], what: str) -> Callable[[str], tuple]:
+    def item(p: str) -> str:
+        if p not in choices:
+            raise argparse.ArgumentTypeError(p)
+        return p
+
+    def parse(value: str) -> tuple:
+        try:
+            return comma_list(item, what)(value)
+        except argparse.ArgumentTypeError:
+            bad = [p.strip() for p in value.split(",") if p.strip() not in choices]
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(repr(b) for b in bad) or repr(value)}; "
+                f"expected one or more of {', '.join(choices)}") from None
+    return parse
+
+
+def device_item(p: str) -> str:
+    if p == "cpu" or p == "cuda" or (p.startswith("cuda:") and p[5:].isdigit()):
+        return p
+    raise argparse.ArgumentTypeError(p)
+
+
+def parse_devices(value: str) -> tuple:
+    try:
+        return comma_list(device_item, "devices")(value)
+    except argparse.ArgumentTypeError:
+        bad = [p.strip() for p in value.split(",") if not _is_device(p.strip())]
+        raise argparse.ArgumentTypeError(
+            f"unknown device {', '.join(repr(b) for b in bad) or repr(value)}; expected cpu, cuda or cuda:N") from None
+
+
+def _is_device(p: str) -> bool:
+    try:
+        device_item(p)
+        return True
+    except argparse.ArgumentTypeError:
+        return False
+
+
+def parse_seeds(value: str) -> tuple:
+    """`3` means three seeds (0, 1, 2 from --seed); `0,5,7` is a list."""
+    if "," in value:
+        return comma_list(non_negative_int, "seeds")(value)
+    return ("count", positive_int(value))
+
+
+# ---- the parser -------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench.config import DATA_PATHS, PRESETS
+    from cnn.data import DATA_KINDS
+    from cnn.models import model_names
+    from cnn.train import PRECISIONS
+
+    parser = _Parser(prog="cifar-bench", description="CPU-versus-GPU training benchmark on CIFAR-10.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a sweep and record results",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Run a sweep of configurations (device x model x batch size x "
+                                     "precision) and write results.jsonl, results.csv and system.json.")
+    run.add_argument("--preset", choices=PRESETS, default="standard", help="sweep size")
+    run.add_argument("--devices", type=parse_devices, default=("cpu",), help="comma-separated: cpu,cuda")
+    run.add_argument("--models", type=choice_list(model_names(), "model"), default=None,
+                     help=f"comma-separated, from {','.join(model_names())} (default: the preset's)")
+    run.add_argument("--batch-sizes", type=comma_list(positive_int, "positive integers"), default=None,
+                     help="comma-separated, e.g. 4,32,128 (default: the preset's)")
+    run.add_argument("--precisions", type=choice_list(PRECISIONS, "precision"), default=None,
+                     help=f"comma-separated, from {','.join(PRECISIONS)} (default: the preset's)")
+    run.add_argument("--epochs", type=non_negative_int, default=None,
+                     help="training epochs for accuracy on every configuration (default: the preset's "
+                          "accuracy runs only)")
+    run.add_argument("--data", choices=DATA_KINDS, default="auto",
+                     help="cifar10 (files or download), synthetic, or auto (real if available)")
+    run.add_argument("--data-dir", type=Path, default=Path("data"), help="where CIFAR-10 is or goes")
+    run.add_argument("--data-paths", type=choice_list(DATA_PATHS, "data path"), default=("device",),
+                     help="input pipelines to measure: device (resident, default), dataloader (classic)")
+    run.add_argument("--seed", type=non_negative_int, default=None, help="one seed for every run")
+    run.add_argument("--seeds", type=parse_seeds, default=None,
+                     help="N seeds (from --seed or 0) or a list 0,1,2 (default: the preset's)")
+    run.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    run.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                     help="memory format; auto uses the measured faster one per device and model")
+    run.add_argument("--augment", choices=("auto", "on", "off"), default="auto",
+                     help="padded random crop + flip; auto follows the model's usual recipe")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is "
+                                                            "reported as warm-up)")
+    run.add_argument("--train-size", type=positive_int, default=None, help="training images (default: all)")
+    run.add_argument("--test-size", type=positive_int, default=None, help="test images (default: all)")
+    run.add_argument("--target-accuracy", type=fraction, default=None, help="record time to this accuracy")
+    run.add_argument("--max-config-seconds", type=positive_float, default=None,
+                     help="time budget of one configuration's throughput loop (default: the preset's)")
+    run.add_argument("--max-seconds", type=positive_float, default=None,
+                     help="timed-loop seconds per configuration (default: the preset's)")
+    run.add_argument("--no-cpu-reference", action="store_true",
+                     help="for a CUDA-only sweep, skip the CPU fp32 runs the accuracy check compares with")
+    run.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<host>-<devices>-<time>)")
+    run.add_argument("--resume", action="store_true", help="continue the sweep recorded in --out")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    report = sub.add_parser("report", help="write report.md and figures from stored results")
+    report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    report.add_argument("--out", type=Path, default=None, help="report folder (default: the first RUN_DIR)")
+    report.add_argument("--margin", type=positive_float, default=1.0, help="equivalence margin, percentage points")
+
+    eq = sub.add_parser("equivalence", help="accuracy equivalence verdicts; exit 1 if any pair is not equivalent")
+    eq.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    eq.add_argument("--margin", type=positive_float, default=1.0, help="margin in percentage points")
+    eq.add_argument("--alpha", type=positive_float, default=0.05, help="significance level of the tests")
+    eq.add_argument("--out", type=Path, default=None, help="where equivalence.csv goes (default: first RUN_DIR)")
+
+    perf = sub.add_parser("perf", help="the loop against its compute ceiling and the classic DataLoader",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    perf.add_argument("--device", type=device_item, default="cpu")
+    perf.add_argument("--models", type=choice_list(model_names(), "model"), default=("tutorial",))
+    perf.add_argument("--batch-sizes", type=comma_list(positive_int, "positive integers"),
+                      default=(4, 32, 128, 512))
+    perf.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    perf.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds per variant")
+    perf.add_argument("--seconds", type=positive_float, default=1.0, help="timed seconds per measurement")
+    perf.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers")
+    perf.add_argument("--data", choices=DATA_KINDS, default="auto")
+    perf.add_argument("--data-dir", type=Path, default=Path("data"))
+    perf.add_argument("--layout", action="store_true",
+                      help="also compare channels_last with the default layout (ResNet-18 on this device)")
+    perf.add_argument("--out", type=Path, default=Path("reports/performance"))
+    return parser
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+def _check_devices(devices: Sequence[str]) -> None:
+    import torch
+
+    if any(d.startswith("cuda") for d in devices):
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise UsageError(f"CUDA requested but torch.cuda.is_available() is False (torch {torch.__version__}, "
+                             f"{built}); run on a machine with an NVIDIA GPU or use --devices cpu")
+        for d in devices:
+            if ":" in d and int(d.split(":")[1]) >= torch.cuda.device_count():
+                raise UsageError(f"device {d!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def _default_out(devices: Sequence[str]) -> Path:
+    import socket
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{socket.gethostname()}-{'-'.join(d.replace(':', '') for d in devices)}-{stamp}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.config import RunConfig, SweepRequest, build_sweep
+    from bench.results import to_frame
+    from bench.runner import Runner, RunFolderError
+    from cnn.data import DataError
+
+    _check_devices(args.devices)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file, expected a folder")
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out RUN_DIR (the folder of the sweep to continue)")
+    grid_given = any(v is not None for v in (args.models, args.batch_sizes, args.precisions, args.epochs,
+                                             args.seeds, args.seed, args.threads))
+    out = args.out or _default_out(args.devices)
+    if args.resume and not grid_given and (out / "sweep.json").exists():
+        configs = [RunConfig.from_dict(d) for d in json.loads((out / "sweep.json").read_text())]
+    else:
+        seeds = None
+        base = args.seed or 0
+        if args.seeds is not None:
+            seeds = tuple(range(base, base + args.seeds[1])) if args.seeds[0] == "count" else args.seeds
+        elif args.seed is not None:
+            seeds = (args.seed,)
+        budget = {}
+        if args.max_config_seconds is not None:
+            budget["max_config_seconds"] = args.max_config_seconds
+        if args.max_seconds is not None:
+            budget["max_seconds"] = args.max_seconds
+        req = SweepRequest(
+            preset=args.preset, devices=args.devices, models=args.models, batch_sizes=args.batch_sizes,
+            precisions=args.precisions, epochs=args.epochs, seeds=seeds, threads=args.threads,
+            channels_last={"auto": None, "on": True, "off": False}[args.channels_last], compile=args.compile,
+            augment={"auto": None, "on": True, "off": False}[args.augment], data_paths=args.data_paths, train_size=args.train_size, test_size=args.test_size,
+            target_accuracy=args.target_accuracy, budget=budget,
+            cpu_reference=False if args.no_cpu_reference else None,
+        )
+        configs = build_sweep(req)
+    print(f"cifar-bench: {len(configs)} configurations -> {out}", flush=True)
+    runner = Runner(out, data_kind=args.data, data_dir=args.data_dir,
+                    log=lambda m: print(m, flush=True), progress=False if args.no_progress else None)
+    started = time.perf_counter()
+    try:
+        rows = runner.run(configs, resume=args.resume)
+    except (RunFolderError, DataError) as e:
+        raise UsageError(str(e)) from None
+    except KeyboardInterrupt:
+        saved = len(runner.store.load(warn=lambda m: None)) if runner.store.jsonl.exists() else 0
+        print(f"\ncifar-bench: interrupted. {saved} finished configurations are saved in "
+              f"{runner.store.jsonl}; continue with: cifar-bench run --out {out} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    all_rows = runner.store.load()
+    print(results_table(to_frame(all_rows)))
+    n_ok = sum(r.get("status") == "ok" for r in rows)
+    print(f"cifar-bench: {len(rows)} configurations run ({n_ok} ok) in {time.perf_counter() - started:.0f} s; "
+          f"results in {out}")
+    return 0
+
+
+def results_table(frame) -> str:
+    if frame.empty:
+        return "(no results)"
+    cols = ["device", "model", "batch_size", "precision", "seed", "status", "train_images_per_s",
+            "step_ms_median", "step_ms_iqr", "eval_images_per_s", "test_accuracy", "mfu", "peak_memory_mb"]
+    view = frame[cols].copy()
+    return view.to_markdown(index=False, floatfmt=".4g")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import write_report
+    from bench.results import ResultsError
+
+    try:
+        path = write_report(args.run_dirs, args.out, margin_pp=args.margin)
+    except ResultsError as e:
+        raise UsageError(str(e)) from None
+    print(f"cifar-bench: report written to {path}")
+    return 0
+
+
+def cmd_equivalence(args: argparse.Namespace) -> int:
+    from bench.equivalence import run_equivalence
+    from bench.results import ResultsError
+
+    if not 0 < args.alpha < 0.5:
+        raise UsageError(f"--alpha {args.alpha} is out of range; expected a value between 0 and 0.5")
+    try:
+        return run_equivalence(args.run_dirs, margin_pp=args.margin, alpha=args.alpha, out=args.out)
+    except ResultsError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from bench.perf import run_perf
+
+    _check_devices([args.device])
+    return run_perf(args)
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "equivalence": cmd_equivalence, "perf": cmd_perf}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"cifar-bench: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""What one measured run is (`RunConfig`) and the sweep presets.
+
+A RunConfig is frozen and hashable: it is passed whole through the runner, stored with
+every result, and its `key()` identifies the run for `--resume` and for grouping.
+
+Every configuration has a time budget: warm-up up to `warmup_steps` or `warmup_seconds`,
+timed steps up to `max_steps` or `max_seconds` (whichever comes first) but at least
+`min_steps`, and `max_config_seconds` for the whole throughput measurement: the runner
+skips a configuration whose predicted cost exceeds it (bf16 ResNet-18 on a CPU without
+native bf16 runs about 20x slower than fp32, and must not stall a sweep).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from cnn.models import model_names
+from cnn.train import PRECISIONS
+
+DEVICES = ("cpu", "cuda")
+DATA_PATHS = ("device", "dataloader")
+PRESETS = ("quick", "standard", "full")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    device: str  # "cpu" or "cuda" (or "cuda:N")
+    model: str
+    batch_size: int
+    precision: str
+    seed: int = 0
+    epochs: int = 0  # full training epochs for accuracy after the throughput loop; 0: none
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = True  # CUDA only: let cuDNN autotune convolution algorithms
+    data_path: str = "device"  # "device" (resident uint8 + on-device augmentation) or "dataloader"
+    threads: int | None = None  # CPU threads for this run; None: torch's default
+    train_size: int | None = None  # None: the whole training set
+    test_size: int | None = None
+    augment: bool = False  # 4-pixel padded random crop + horizontal flip
+    lr: float | None = None  # None: cnn.models.default_lr(model, batch_size)
+    target_accuracy: float | None = None  # record time to reach it (fraction, 0..1)
+    # Budget of the throughput loop.
+    warmup_steps: int = 3
+    warmup_seconds: float = 2.0
+    min_steps: int = 5
+    max_steps: int = 200
+    max_seconds: float = 3.0
+    max_config_seconds: float = 60.0
+    eval_max_seconds: float = 1.0
+
+    def key(self) -> str:
+        """A stable identity: every field, canonical JSON."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    def short_id(self) -> str:
+        return hashlib.sha1(self.key().encode()).hexdigest()[:12]
+
+    def label(self) -> str:
+        parts = [self.device, self.model, f"bs={self.batch_size}", self.precision]
+        if self.channels_last:
+            parts.append("channels_last")
+        if self.compile:
+            parts.append("compile")
+        if self.data_path != "device":
+            parts.append(self.data_path)
+        if self.epochs:
+            parts.append(f"seed={self.seed} epochs={self.epochs}")
+        return " ".join(parts)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Layout defaults, measured (reports/performance/): channels_last is faster for ResNet-18
+# in fp32 on the CPU; elsewhere the default layout is kept until measured otherwise.
+CHANNELS_LAST_DEFAULT = {("cpu", "resnet18"): True}
+
+
+def default_channels_last(device: str, model: str) -> bool:
+    return CHANNELS_LAST_DEFAULT.get((device.split(":")[0], model), False)
+
+
+# Augmentation follows each model's usual recipe: none for the tutorial's Net (as in the
+# tutorial), padded crop + flip for ResNet-18 (the standard CIFAR recipe).
+AUGMENT_DEFAULT = {"tutorial": False, "tutorial-wide": False, "resnet18": True}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A sweep: a throughput grid per device, plus accuracy runs for the equivalence check."""
+
+    name: str
+    models: tuple[str, ...]
+    batch_sizes: dict[str, tuple[int, ...]]  # per device
+    precisions: dict[str, tuple[str, ...]]  # per device
+    budget: dict[str, float | int]  # RunConfig budget fields
+    # (model, batch_size) pairs trained for `accuracy_epochs` with each of `seeds`; the
+    # equivalence check compares them across devices and precisions.
+    accuracy_runs: tuple[tuple[str, int], ...] = ()
+    accuracy_epochs: int = 2
+    seeds: tuple[int, ...] = (0,)
+    train_size: int | None = None
+    test_size: int | None = None
+    # Batch sizes per model where the grid is trimmed (too slow to be worth a CPU's time).
+    model_batch_limit: dict[tuple[str, str], int] = field(default_factory=dict)
+    # CPU reference runs added to a CUDA sweep, so one command yields CPU-vs-GPU results.
+    cpu_reference: bool = True
+
+
+PRESET_TABLE: dict[str, Preset] = {
+    # Seconds: smoke runs and tests. Tiny data, one short timed loop per configuration.
+    "quick": Preset(
+        name="quick",
+        models=("tutorial", "tutorial-wide", "resnet18"),
+        batch_sizes={"cpu": (8, 32), "cuda": (32, 256)},
+        precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
+        budget=dict(warmup_steps=1, warmup_seconds=0.5, min_steps=3, max_steps=20, max_seconds=0.3,
+                    max_config_seconds=8.0, eval_max_seconds=0.2),
+        accuracy_runs=(("tutorial", 32),),
+        accuracy_epochs=2,
+        seeds=(0,),
+        train_size=8192,
+        test_size=1000,
+        model_batch_limit={("cpu", "resnet18"): 8},
+    ),
+    # The default of `make bench-cpu` (under 10 minutes on a 2-core laptop) and
+    # `make bench-gpu`.
+    "standard": Preset(
+        name="standard",
+        models=("tutorial", "tutorial-wide", "resnet18"),
+        batch_sizes={"cpu": (4, 16, 32, 64, 128, 256, 512),
+                     "cuda": (4, 16, 32, 64, 128, 256, 512, 1024, 2048)},
+        precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
+        budget=dict(warmup_steps=3, warmup_seconds=1.5, min_steps=5, max_steps=300, max_seconds=2.0,
+                    max_config_seconds=30.0, eval_max_seconds=0.5),
+        accuracy_runs=(("tutorial", 32),),
+        accuracy_epochs=2,
+        seeds=(0, 1),
+        model_batch_limit={("cpu", "resnet18"): 128},
+    ),
+    # Hours on a CPU: every model at every batch size, three seeds, longer timed loops.
+    "full": Preset(
+        name="full",
+        models=("tutorial", "tutorial-wide", "resnet18"),
+        batch_sizes={"cpu": (4, 8, 16, 32, 64, 128, 256, 512, 1024),
+                     "cuda": (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)},
+        precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
+        budget=dict(warmup_steps=5, warmup_seconds=5.0, min_steps=10, max_steps=1000, max_seconds=10.0,
+                    max_config_seconds=300.0, eval_max_seconds=2.0),
+        accuracy_runs=(("tutorial", 4), ("tutorial", 32), ("tutorial", 128), ("tutorial-wide", 128)),
+        accuracy_epochs=2,
+        seeds=(0, 1, 2),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What the user asked for; None fields fall back to the preset."""
+
+    preset: str = "standard"
+    devices: tuple[str, ...] = ("cpu",)
+    models: tuple[str, ...] | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    precisions: tuple[str, ...] | None = None
+    epochs: int | None = None
+    seeds: tuple[int, ...] | None = None
+    threads: int | None = None
+    channels_last: bool | None = None  # None: the measured default per device and model
+    augment: bool | None = None  # None: the model's usual recipe (AUGMENT_DEFAULT)
+    compile: bool = False
+    data_paths: tuple[str, ...] = ("device",)
+    train_size: int | None = None
+    test_size: int | None = None
+    target_accuracy: float | None = None
+    budget: dict = field(default_factory=dict)  # overrides of budget fields
+    cpu_reference: bool | None = None
+
+
+def build_sweep(req: SweepRequest) -> list[RunConfig]:
+    """Expand a request into RunConfigs, ordered so that within one device, model and
+    precision the batch sizes ascend (the runner predicts slow configurations from the
+    smaller ones)."""
+    p = PRESET_TABLE[req.preset]
+    models = req.models or p.models
+    budget = {**p.budget, **req.budget}
+    devices = list(req.devices)
+    reference_cpu = (req.cpu_reference if req.cpu_reference is not None else p.cpu_reference) \
+        and "cpu" not in [d.split(":")[0] for d in devices]
+    configs: list[RunConfig] = []
+
+    def add(device: str, model: str, bs: int, precision: str, seed: int, epochs: int, data_path: str) -> None:
+        cl = req.channels_last if req.channels_last is not None else default_channels_last(device, model)
+        configs.append(RunConfig(
+            device=device, model=model, batch_size=bs, precision=precision, seed=seed, epochs=epochs,
+            channels_last=cl, compile=req.compile,
+            augment=req.augment if req.augment is not None else AUGMENT_DEFAULT.get(model, False), data_path=data_path, threads=req.threads,
+            train_size=req.train_size or p.train_size, test_size=req.test_size or p.test_size,
+            target_accuracy=req.target_accuracy, **budget,
+        ))
+
+    for device in devices:
+        kind = device.split(":")[0]
+        batch_sizes = req.batch_sizes or p.batch_sizes[kind]
+        precisions = req.precisions or p.precisions[kind]
+        for model in models:
+            limit = None if req.batch_sizes else p.model_batch_limit.get((kind, model))
+            for precision in precisions:
+                for bs in sorted(batch_sizes):
+                    if limit is not None and bs > limit:
+                        continue
+                    for data_path in req.data_paths:
+                        accuracy = req.epochs is not None or (model, bs) in p.accuracy_runs
+                        if accuracy and data_path == "device":
+                            epochs = req.epochs if req.epochs is not None else p.accuracy_epochs
+                            for seed in (req.seeds or p.seeds):
+                                add(device, model, bs, precision, seed, epochs, data_path)
+                        else:
+                            add(device, model, bs, precision, (req.seeds or p.seeds)[0], 0, data_path)
+    if reference_cpu:  # the CPU fp32 side of the equivalence check for a GPU-only sweep
+        for model, bs in p.accuracy_runs:
+            if model in models:
+                for seed in (req.seeds or p.seeds):
+                    add("cpu", model, bs, "fp32", seed, req.epochs or p.accuracy_epochs, "device")
+    return list(dict.fromkeys(configs))  # drop exact duplicates, keep order
+
+
+def preset_names() -> tuple[str, ...]:
+    return PRESETS
+
+
+def validate_names(models: tuple[str, ...] = (), precisions: tuple[str, ...] = ()) -> None:
+    for m in models:
+        if m not in model_names():
+            raise ValueError(f"unknown model {m!r}; expected one of {', '.join(model_names())}")
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ValueError(f"unknown precision {p!r}; expected one of {', '.join(PRECISIONS)}")

@@ -1,0 +1,210 @@
+"""The results store. The schema lives here and nowhere else.
+
+A run folder holds:
+  results.jsonl   one JSON object per finished configuration, appended and fsynced as
+                  each finishes (an interrupted sweep keeps everything that finished). Rows
+                  also carry what the CSV leaves out: the full RunConfig, raw step times,
+                  per-epoch accuracy and seconds.
+  results.csv     the scalar columns of the same rows, rewritten through pandas after each
+  system.json     machine and software facts, and the measured peaks
+  predictions/    per-example test predictions of each accuracy run (<id>.npz, uint8),
+                  used by the equivalence check
+  sweep.json      the list of configurations asked for, so `--resume` can finish it
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+STATUSES = ("ok", "oom", "skipped", "diverged", "failed")
+
+# CSV columns, in order, and what each one means. Rows are dicts with these keys (and more).
+COLUMNS: dict[str, str] = {
+    "device": "cpu or cuda",
+    "device_name": "CPU model or GPU name",
+    "host": "machine's host name",
+    "model": "model name (cnn.models)",
+    "batch_size": "images per training step",
+    "precision": "fp32 | tf32 | fp16 | bf16",
+    "channels_last": "NHWC memory format for model and inputs",
+    "compile": "torch.compile used",
+    "cudnn_benchmark": "cuDNN autotuning on (CUDA runs)",
+    "data_path": "device (resident uint8, on-device augmentation) | dataloader (torchvision + DataLoader)",
+    "status": " | ".join(STATUSES),
+    "reason": "why not ok",
+    "seed": "seed of initial weights, batch order and augmentation",
+    "epochs": "full training epochs for accuracy (0: throughput only)",
+    "threads": "torch CPU threads in use",
+    "train_images_per_s": "steady-state training throughput: batch / median step time",
+    "step_ms_median": "median training step time (ms)",
+    "step_ms_iqr": "interquartile range of step times (ms)",
+    "noisy": "IQR/median > 10%",
+    "timed_steps": "steps in the timed loop",
+    "warmup_steps": "steps run before timing (excluded)",
+    "warmup_seconds": "wall time of the warm-up steps (includes compilation / autotuning)",
+    "timing_method": "perf_counter (CPU) or cuda_event",
+    "epoch_seconds": "median wall time of one full training epoch, data included",
+    "eval_images_per_s": "evaluation throughput (inference mode)",
+    "test_accuracy": "test accuracy after the configured epochs (fraction)",
+    "target_accuracy": "target accuracy, when set",
+    "time_to_target_s": "training seconds until the target accuracy was first reached",
+    "flops_per_image": "training FLOPs per image (forward + backward, FlopCounterMode)",
+    "achieved_tflops": "flops_per_image * train_images_per_s / 1e12",
+    "peak_tflops": "measured matmul peak of this device in this precision",
+    "mfu": "achieved_tflops / peak_tflops",
+    "peak_memory_mb": "CUDA max allocated, or CPU peak resident set size (MB)",
+    "memory_kind": "cuda_max_allocated | cpu_peak_rss",
+    "cpu_percent": "process CPU time / wall time (100 = one core)",
+    "lr": "SGD learning rate used",
+    "train_size": "training images available",
+    "test_size": "test images evaluated",
+    "data": "dataset that really ran: cifar10 or synthetic",
+    "world_size": "processes in the run (1: single process)",
+    "backend": "torch.distributed backend (none for one process)",
+    "nodes": "machines in the run",
+    "config_id": "short id of the RunConfig (links predictions/<id>.npz)",
+    "finished_at": "UNIX time the row was written",
+}
+
+
+class ResultsError(Exception):
+    """A run folder that cannot be read; the message names it."""
+
+
+def read_jsonl(path: Path, warn=None) -> list[dict]:
+    """Rows of a results.jsonl. A torn line (a write cut short by a kill) is skipped with a
+    warning, never a crash."""
+    warn = warn or (lambda m: warnings.warn(m, stacklevel=3))
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ResultsError(f"cannot read {path}: {e.strerror}") from None
+    lines = text.split("\n")
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            where = "last line" if i >= len(lines) - 1 else f"line {i}"
+            warn(f"{path}: ignored a torn or corrupt {where} (an interrupted write); "
+                 "that configuration will run again with --resume")
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _clean(value):
+    """JSON-safe: NaN/inf become null, numpy scalars become Python ones."""
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class ResultsStore:
+    """Appends rows to results.jsonl (flushed and fsynced per row) and keeps results.csv
+    in step."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.jsonl = self.folder / "results.jsonl"
+        self.csv = self.folder / "results.csv"
+        self.predictions = self.folder / "predictions"
+
+    def load(self, warn=None) -> list[dict]:
+        return read_jsonl(self.jsonl, warn)
+
+    def repair(self, warn=None) -> list[dict]:
+        """Load, and if torn lines were found rewrite the file with the good rows only
+        (atomically), so appends start on a clean line."""
+        torn: list[str] = []
+        rows = read_jsonl(self.jsonl, lambda m: torn.append(m))
+        for m in torn:
+            (warn or warnings.warn)(m)
+        if torn:
+            tmp = self.jsonl.with_suffix(".jsonl.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(_clean(row)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.jsonl)
+        return rows
+
+    def append(self, row: dict) -> None:
+        line = json.dumps(_clean(row), separators=(",", ":")) + "\n"
+        with open(self.jsonl, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.write_csv()
+
+    def write_csv(self) -> None:
+        frame = to_frame(self.load())
+        tmp = self.csv.with_suffix(".csv.tmp")
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, self.csv)
+
+    def save_predictions(self, config_id: str, predictions: np.ndarray, labels: np.ndarray) -> str:
+        self.predictions.mkdir(exist_ok=True)
+        path = self.predictions / f"{config_id}.npz"
+        np.savez_compressed(path, predictions=predictions.astype(np.uint8), labels=labels.astype(np.uint8))
+        return str(path.relative_to(self.folder))
+
+
+def to_frame(rows: list[dict]) -> pd.DataFrame:
+    """The CSV view: the scalar columns in schema order (missing ones empty)."""
+    frame = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
+    return frame
+
+
+def load_run(folder: Path | str, warn=None) -> tuple[pd.DataFrame, list[dict], dict]:
+    """(frame, raw rows, system facts) of a run folder, for report and equivalence."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ResultsError(f"{folder} is not a run folder (no such directory)")
+    if not (folder / "results.jsonl").exists():
+        raise ResultsError(f"{folder} holds no results.jsonl; is it a run folder from `cifar-bench run`?")
+    if not os.access(folder / "results.jsonl", os.R_OK):
+        raise ResultsError(f"cannot read {folder / 'results.jsonl'} (permission denied)")
+    rows = read_jsonl(folder / "results.jsonl", warn)
+    for r in rows:
+        r["run_dir"] = str(folder)
+    system = {}
+    if (folder / "system.json").exists():
+        try:
+            system = json.loads((folder / "system.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ResultsError(f"cannot read {folder / 'system.json'}: {e}") from None
+    frame = to_frame(rows)
+    frame["run_dir"] = str(folder)
+    return frame, rows, system
+
+
+def load_predictions(folder: Path | str, row: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    rel = row.get("predictions_file")
+    if not rel:
+        return None
+    path = Path(folder) / rel
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return z["predictions"], z["labels"]

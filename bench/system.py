@@ -1,0 +1,195 @@
+"""Machine and software facts (system.json), the measured peak of each device and dtype,
+FLOPs per image, and per-run resource use (peak memory, CPU utilisation)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench import timing
+from cnn.models import build_model
+from cnn.train import AUTOCAST_DTYPES
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    repo = repo or Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cuda_facts() -> dict:
+    if not torch.cuda.is_available():
+        return {"cuda_available": False}
+    props = torch.cuda.get_device_properties(0)
+    driver = None
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    return {
+        "cuda_available": True,
+        "gpu_name": props.name,
+        "gpu_count": torch.cuda.device_count(),
+        "gpu_memory_gb": round(props.total_memory / 2**30, 1),
+        "gpu_capability": f"{props.major}.{props.minor}",
+        "gpu_sm_count": props.multi_processor_count,
+        "driver": driver,
+        "cudnn": torch.backends.cudnn.version(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32_matmul_default": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn_default": torch.backends.cudnn.allow_tf32,
+        "bf16_supported": torch.cuda.is_bf16_supported(),
+    }
+
+
+def system_info() -> dict:
+    """Static facts about this machine and software, for system.json."""
+    vm = psutil.virtual_memory()
+    import torchvision
+
+    return {
+        "host": socket.gethostname(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_model": cpu_model(),
+        "cpu_physical_cores": psutil.cpu_count(logical=False),
+        "cpu_logical_cores": psutil.cpu_count(logical=True),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "ram_gb": round(vm.total / 2**30, 1),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_cuda_build": torch.version.cuda,
+        "torch_threads_default": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        **cuda_facts(),
+        "git_commit": git_commit(),
+    }
+
+
+def device_name(device: str) -> str:
+    d = torch.device(device)
+    if d.type == "cuda":
+        return torch.cuda.get_device_name(d)
+    return cpu_model()
+
+
+# --------------------------------------------------------------------------------------
+# Measured peak: a matmul in the run's dtype, not a datasheet number
+# --------------------------------------------------------------------------------------
+
+PROBE_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, **AUTOCAST_DTYPES}
+
+
+def measure_peak_tflops(device: str, precision: str) -> dict:
+    """TFLOP/s of a square matmul in `precision`'s compute dtype on `device` (median of
+    repeats). The size is large enough to be compute-bound on the device type."""
+    d = torch.device(device)
+    dtype = PROBE_DTYPES[precision]
+    n = 8192 if d.type == "cuda" else 1024
+    a = torch.randn(n, n, device=d).to(dtype)
+    b = torch.randn(n, n, device=d).to(dtype)
+    saved = None
+    if d.type == "cuda":
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        times = timing.time_repeated(lambda: torch.mm(a, b), d, min_repeats=5,
+                                     max_seconds=0.5 if d.type == "cuda" else 1.0, warmup=2)
+    finally:
+        if saved is not None:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+    median = timing.quartiles(times)[1]
+    return {"device": device, "precision": precision, "dtype": str(dtype).replace("torch.", ""),
+            "n": n, "repeats": len(times), "seconds_median": median,
+            "tflops": 2 * n**3 / median / 1e12}
+
+
+@functools.lru_cache(maxsize=None)
+def training_flops_per_image(model_name: str) -> int:
+    """Forward + backward FLOPs of one training image, counted by FlopCounterMode on a
+    CPU batch of 2 (matmuls and convolutions; elementwise ops are not counted)."""
+    model = build_model(model_name, seed=0)
+    x = torch.randn(2, 3, 32, 32)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).sum().backward()
+    return counter.get_total_flops() // 2
+
+
+# --------------------------------------------------------------------------------------
+# Resource use during one configuration
+# --------------------------------------------------------------------------------------
+
+class ResourceMonitor:
+    """Peak memory and CPU utilisation of this process over a block.
+
+    CUDA: the caching allocator's max allocated bytes (exact). CPU: peak resident set size,
+    sampled with psutil every `interval` seconds by a background thread (a sample every
+    0.1 s costs a few microseconds of one core). CPU utilisation: process CPU time over
+    wall time, 100% = one core busy."""
+
+    def __init__(self, device: str, interval: float = 0.1):
+        self.device = torch.device(device)
+        self.interval = interval
+        self.proc = psutil.Process()
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self.peak_memory_mb = float("nan")
+        self.memory_kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss"
+        self.cpu_percent = float("nan")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
+
+    def __enter__(self) -> ResourceMonitor:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.peak_rss = self.proc.memory_info().rss
+        self._cpu0 = self.proc.cpu_times()
+        self._t0 = timing.now()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        wall = timing.now() - self._t0
+        cpu1 = self.proc.cpu_times()
+        busy = (cpu1.user - self._cpu0.user) + (cpu1.system - self._cpu0.system)
+        self.cpu_percent = 100.0 * busy / wall if wall > 0 else float("nan")
+        if self.device.type == "cuda":
+            self.peak_memory_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
+            self.peak_memory_mb = self.peak_rss / 2**20

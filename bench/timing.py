@@ -1,0 +1,195 @@
+"""Clocks, device synchronisation and timing statistics. The ONLY module that synchronises
+a device or reads a clock for results.
+
+How each device is timed:
+  cpu   `time.perf_counter` after each step. CPU kernels run synchronously, so the gap
+        between two readings is the step.
+  cuda  a CUDA event recorded after each step, on the stream, without waiting. The host
+        runs ahead; after the timed loop one synchronize lets us read every gap between
+        consecutive events, which is the GPU time of each step in steady state.
+Whole epochs and evaluation passes (data included) use `Stopwatch`: synchronise, read the
+clock, run, synchronise, read again.
+
+Warm-up steps (allocator growth, cuDNN autotuning, torch.compile) run before the timed
+loop and are counted, never mixed into the samples. Raw samples are kept; median and IQR
+are derived on demand, and a measurement whose IQR/median exceeds 10% is flagged noisy,
+as torch.utils.benchmark does.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+Clock = Callable[[], float]
+NOISY_IQR_RATIO = 0.10
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for all queued work on `device` (a no-op on the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def quartiles(samples: Sequence[float]) -> tuple[float, float, float]:
+    """(Q1, median, Q3), linearly interpolated (numpy's default); all equal for one sample."""
+    if not samples:
+        raise ValueError("no samples")
+    if len(samples) == 1:
+        return samples[0], samples[0], samples[0]
+    q1, q2, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Raw per-step times of one timed loop and what they measured."""
+
+    samples: tuple[float, ...]  # seconds per step, in order
+    items_per_step: int  # images per step (the batch size)
+    warmup_steps: int
+    warmup_seconds: float
+    method: str  # "perf_counter" or "cuda_event"
+
+    @property
+    def median(self) -> float:
+        return quartiles(self.samples)[1]
+
+    @property
+    def iqr(self) -> float:
+        q1, _, q3 = quartiles(self.samples)
+        return q3 - q1
+
+    @property
+    def total(self) -> float:
+        return sum(self.samples)
+
+    @property
+    def noisy(self) -> bool:
+        return self.iqr / self.median > NOISY_IQR_RATIO if self.median > 0 else True
+
+    @property
+    def items_per_second(self) -> float:
+        """Steady-state throughput: items per step over the median step time."""
+        return self.items_per_step / self.median if self.median > 0 else float("nan")
+
+
+class Deadline:
+    """Stops a loop after `max_steps` or `max_seconds` of host time, whichever comes
+    first, but never before `min_steps`."""
+
+    def __init__(self, min_steps: int, max_steps: int, max_seconds: float, clock: Clock = time.perf_counter):
+        self.min_steps, self.max_steps, self.max_seconds = min_steps, max(max_steps, min_steps), max_seconds
+        self.clock = clock
+        self.steps = 0
+        self.start = clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def tick(self, now: float | None = None) -> bool:
+        """Count one step; True when the loop should stop. `now`: a clock reading the
+        caller already took."""
+        self.steps += 1
+        if self.steps < self.min_steps:
+            return False
+        if self.steps >= self.max_steps:
+            return True
+        return (self.clock() if now is None else now) - self.start >= self.max_seconds
+
+
+class StepTimer:
+    """Times consecutive steps on `device`. Call `start()` before the first step and
+    `mark()` after each; `mark()` returns True when the budget says stop."""
+
+    def __init__(self, device: torch.device | str, min_steps: int, max_steps: int, max_seconds: float,
+                 clock: Clock = time.perf_counter):
+        self.device = torch.device(device)
+        self.clock = clock
+        self.min_steps, self.max_steps, self.max_seconds = min_steps, max(max_steps, min_steps), max_seconds
+        self.cuda = self.device.type == "cuda"
+        self._marks: list = []
+        self._deadline: Deadline | None = None
+
+    def start(self) -> None:
+        synchronize(self.device)  # the timed loop starts from an idle device
+        self._deadline = Deadline(self.min_steps, self.max_steps, self.max_seconds, self.clock)
+        if self.cuda:
+            # Pre-created events: creating one per step would cost more than recording it.
+            self._events = [torch.cuda.Event(enable_timing=True) for _ in range(self.max_steps + 1)]
+            self._events[0].record()
+            self._marks = [self._events[0]]
+        else:
+            self._marks = [self._deadline.start]
+
+    def mark(self) -> bool:
+        assert self._deadline is not None, "start() first"
+        if self.cuda:
+            event = self._events[len(self._marks)]
+            event.record()  # no sync: the host only queues the marker
+            self._marks.append(event)
+            return self._deadline.tick()
+        now = self.clock()
+        self._marks.append(now)
+        return self._deadline.tick(now)
+
+    def samples(self) -> tuple[float, ...]:
+        """Seconds per step. On CUDA this is the loop's one synchronisation."""
+        if self.cuda:
+            self._marks[-1].synchronize()
+            return tuple(a.elapsed_time(b) / 1e3 for a, b in zip(self._marks, self._marks[1:]))
+        return tuple(b - a for a, b in zip(self._marks, self._marks[1:]))
+
+    @property
+    def method(self) -> str:
+        return "cuda_event" if self.cuda else "perf_counter"
+
+
+class Stopwatch:
+    """Wall time of a block, device work included: sync, clock, run, sync, clock."""
+
+    def __init__(self, device: torch.device | str, clock: Clock = time.perf_counter):
+        self.device = torch.device(device)
+        self.clock = clock
+        self.seconds = float("nan")
+
+    def __enter__(self) -> Stopwatch:
+        synchronize(self.device)
+        self._t0 = self.clock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            synchronize(self.device)
+        self.seconds = self.clock() - self._t0
+
+
+def time_repeated(fn: Callable[[], object], device: torch.device | str, min_repeats: int = 3,
+                  max_seconds: float = 0.5, warmup: int = 1, clock: Clock = time.perf_counter) -> list[float]:
+    """Seconds per call of `fn` (each call synchronised), after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = clock()
+    while len(times) < min_repeats or clock() - start < max_seconds:
+        with Stopwatch(device, clock) as sw:
+            fn()
+        times.append(sw.seconds)
+        if len(times) >= 1000:
+            break
+    return times
+
+
+def wall_clock() -> float:
+    """Seconds since the epoch, for timestamps in result files (not for durations)."""
+    return time.time()
+
+
+def now() -> float:
+    """A monotonic reading for durations outside the measured loops (progress, budgets)."""
+    return time.perf_counter()

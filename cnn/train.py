@@ -1,0 +1,230 @@
+"""One training epoch and one evaluation pass, shared by every device and precision.
+
+Precision modes:
+  fp32  float32 everywhere; on CUDA, TF32 is switched off so it is true fp32.
+  tf32  CUDA only: float32 tensors, TF32 tensor-core matmuls and convolutions.
+  fp16  CUDA only: autocast to float16 with a GradScaler (fp16 gradients underflow without it).
+  bf16  autocast to bfloat16, no scaler (bf16 has fp32's exponent range).
+
+The hot loop never synchronises with the device: the loss is accumulated on the device
+and read once per epoch, where a non-finite value raises `Diverged`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnn.models import build_model, default_lr
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+WEIGHT_DECAY = {"tutorial": 0.0, "tutorial-wide": 0.0, "resnet18": 5e-4}
+MOMENTUM = 0.9
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Unsupported(ValueError):
+    """A device/precision/option combination this machine cannot run; the message says why."""
+
+
+def unsupported_reason(device: str, precision: str) -> str | None:
+    """Why `precision` cannot run on `device` here, or None when it can."""
+    if precision not in PRECISIONS:
+        return f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}"
+    kind = torch.device(device).type
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available in this torch build / machine"
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            return f"{torch.cuda.get_device_name()} does not support bf16"
+        return None
+    if kind == "cpu":
+        if precision == "tf32":
+            return "tf32 is a CUDA tensor-core mode; the CPU has no TF32"
+        if precision == "fp16":
+            return "fp16 training (autocast + GradScaler) is CUDA-only here; use bf16 on the CPU"
+        return None
+    return f"unsupported device type {kind!r}; expected cpu or cuda"
+
+
+@contextlib.contextmanager
+def matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """Set TF32 for the block (on for tf32, off otherwise), restoring the flags after."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@dataclass
+class Trainer:
+    """Model, optimizer and precision machinery for one run on one device."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    precision: str
+    channels_last: bool = False
+    scaler: torch.amp.GradScaler | None = None
+    compiled: nn.Module | None = None  # the torch.compile'd model, when compiling
+    lr: float = 0.0
+    model_name: str = ""
+    momentum: float = MOMENTUM
+    weight_decay: float = 0.0
+    _autocast_dtype: torch.dtype | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
+
+    def reset(self, seed: int) -> None:
+        """Back to the seed's initial weights with fresh optimizer and scaler state; a
+        compiled model keeps its compiled code."""
+        fresh = build_model(self.model_name, seed=seed)
+        self.model.load_state_dict(fresh.state_dict())
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum,
+                                         weight_decay=self.weight_decay)
+        if self.scaler is not None:
+            self.scaler = torch.amp.GradScaler(self.device.type)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+
+    def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # No-ops for device-resident batches; the DataLoader path copies here (async when
+        # its host memory is pinned).
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One forward, backward and optimizer step. Returns the loss, detached, unsynced."""
+        x, y = self._prepare(x, y)
+        net = self.compiled or self.model
+        with self.autocast():
+            loss = F.cross_entropy(net(x), y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+def make_trainer(
+    model_name: str,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    *,
+    batch_size: int = 4,
+    seed: int = 0,
+    lr: float | None = None,
+    momentum: float = MOMENTUM,
+    weight_decay: float | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    compile_mode: str | None = None,
+) -> Trainer:
+    """Build the seeded model on the CPU, move it to `device`, and set up SGD and AMP.
+
+    Raises `Unsupported` for combinations the device cannot run."""
+    device = torch.device(device)
+    reason = unsupported_reason(str(device), precision)
+    if reason:
+        raise Unsupported(reason)
+    model = build_model(model_name, seed=seed).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    lr = default_lr(model_name, batch_size) if lr is None else lr
+    wd = WEIGHT_DECAY.get(model_name, 0.0) if weight_decay is None else weight_decay
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    compiled = torch.compile(model, mode=compile_mode) if compile else None
+    return Trainer(model, optimizer, device, precision, channels_last, scaler, compiled, lr,
+                   model_name, momentum, wd)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    steps: int
+    mean_loss: float
+
+
+def train_epoch(
+    trainer: Trainer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    on_step: Callable[[], bool] | None = None,
+) -> EpochResult:
+    """Train over `batches`. `on_step` runs after every step (the harness's timer hooks in
+    here) and ends the epoch early by returning True; it must not synchronise. Raises
+    `Diverged` if the mean loss is not finite."""
+    trainer.model.train()
+    total = torch.zeros((), device=trainer.device)
+    steps = 0
+    with matmul_precision(trainer.device, trainer.precision):
+        for x, y in batches:
+            total += trainer.step(x, y)
+            steps += 1
+            if on_step is not None and on_step():
+                break
+    mean = (total / max(steps, 1)).item()  # the epoch's one host-device sync
+    if not torch.isfinite(torch.tensor(mean)):
+        raise Diverged(f"training loss is {mean} after {steps} steps")
+    return EpochResult(steps, mean)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float  # fraction of the test set, 0..1
+    predictions: torch.Tensor  # uint8 class per test example, on the CPU
+    mean_loss: float
+
+
+@torch.no_grad()
+def evaluate(
+    trainer: Trainer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    on_step: Callable[[], bool] | None = None,
+) -> EvalResult:
+    """Accuracy and per-example predictions over `batches` (in order). `on_step` as in
+    `train_epoch` (the harness times inference throughput with it)."""
+    trainer.model.eval()
+    net = trainer.compiled or trainer.model
+    preds, correct, loss_sum, n = [], torch.zeros((), dtype=torch.int64, device=trainer.device), \
+        torch.zeros((), device=trainer.device), 0
+    with matmul_precision(trainer.device, trainer.precision):
+        for x, y in batches:
+            x, y = trainer._prepare(x, y)
+            with trainer.autocast():
+                logits = net(x)
+            p = logits.argmax(dim=1)
+            correct += (p == y).sum()
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            preds.append(p.to(torch.uint8))
+            n += len(y)
+            if on_step is not None and on_step():
+                break
+    trainer.model.train()
+    predictions = torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.uint8)
+    n = max(n, 1)
+    return EvalResult(correct.item() / n, predictions, loss_sum.item() / n)
