@@ -117,13 +117,15 @@ def tost(diffs: Sequence[float], margin: float, alpha: float = 0.05,
                    "would narrow it", mean, ci_low, ci_high, p)
 
 
-def _side_label(side: dict, multi_run: bool) -> str:
+def _side_label(side: dict, multi_run: bool, ref: dict | None = None) -> str:
     text = f"{side['device']} {side['precision']}"
     if side.get("channels_last"):
         text += " cl"
     if side.get("compile"):
         text += " compiled"
     text += f" t{side['threads']}"
+    if ref is not None and side.get("lr") != ref.get("lr"):
+        text += f" lr={side['lr']:g}"
     if multi_run:
         text += f" @{side['host']}#{side['run_index'] + 1}"
     return text
@@ -177,7 +179,7 @@ def equivalence_table(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, al
             out.append({
                 **dict(zip(GROUP_KEYS, gkey)),
                 "reference": _side_label(ref_side, multi_run),
-                "candidate": _side_label(cand_side, multi_run),
+                "candidate": _side_label(cand_side, multi_run, ref_side),
                 "ref_device": ref_side["device"], "ref_precision": ref_side["precision"],
                 "cand_device": cand_side["device"], "cand_precision": cand_side["precision"],
                 "seeds": len(comps),
@@ -226,9 +228,10 @@ def run_equivalence(run_dirs: Sequence[Path], margin_pp: float = 1.0, alpha: flo
     for _, r in frame.iterrows():
         print(f"- {r['model']} bs={r['batch_size']}: {r['candidate']} vs {r['reference']}: "
               f"{r['verdict'].upper()}: {r['reason']}")
-    spread = frame.groupby("reference")["ref_acc_sd_all_seeds"].first().dropna()
-    for ref, sd in spread.items():
-        print(f"  seed-to-seed spread of the reference ({ref}): sd {sd:.2f} pp; margin {margin_pp:g} pp")
+    spread = frame.dropna(subset=["ref_acc_sd_all_seeds"]).drop_duplicates(["model", "batch_size", "reference"])
+    for r in spread.itertuples():
+        print(f"  seed-to-seed spread of the reference ({r.model} bs {r.batch_size}, {r.reference}): "
+              f"sd {r.ref_acc_sd_all_seeds:.2f} pp over {r.seeds} seeds; margin {margin_pp:g} pp")
     print(f"equivalence: {len(frame)} pairs, {(frame['verdict'] == 'equivalent').sum()} equivalent, "
           f"{(frame['verdict'] == 'not equivalent').sum()} not equivalent, "
           f"{(frame['verdict'] == 'inconclusive').sum()} inconclusive; written to {target / 'equivalence.csv'}")

@@ -429,8 +429,8 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     """Build report.md and figures in `out` (default: the first run folder)."""
     run_dirs = [Path(d) for d in run_dirs]
     out = Path(out) if out is not None else run_dirs[0]
+    df, rows, systems = load_runs(run_dirs, warn)  # validates every folder before writing anything
     out.mkdir(parents=True, exist_ok=True)
-    df, rows, systems = load_runs(run_dirs, warn)
     if df.empty:
         text = "# cifar-bench report\n\nNo results recorded in " + ", ".join(map(str, run_dirs)) + ".\n"
         (out / "report.md").write_text(text)

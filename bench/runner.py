@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 
 from bench import system, timing
 from bench.config import RunConfig
-from bench.results import ResultsStore
+from bench.results import COLUMNS, ResultsStore
 from cnn.data import Cifar10Arrays, DeviceBatches, classic_loader, get_dataset
 from cnn.train import Diverged, Trainer, Unsupported, evaluate, make_trainer, train_epoch, unsupported_reason
 
@@ -86,11 +86,13 @@ class Runner:
     """One sweep into one run folder. `log` receives one line per event."""
 
     def __init__(self, out: Path, data_kind: str = "auto", data_dir: Path | None = None,
-                 log: Callable[[str], None] = print, progress: bool | None = None):
+                 log: Callable[[str], None] = print, progress: bool | None = None,
+                 probe_seconds: float | None = None):
         self.out = Path(out)
         self.data_kind, self.data_dir = data_kind, data_dir
         self.log = log
         self.progress = progress
+        self.probe_seconds = probe_seconds
         self.store = ResultsStore(self.out)
         self._data: Cifar10Arrays | None = None
         self._batches: dict = {}
@@ -178,11 +180,12 @@ class Runner:
     def peak(self, device: str, precision: str) -> dict:
         key = (device, precision)
         if key not in self._peaks:
-            self._peaks[key] = system.measure_peak_tflops(device, precision)
+            self._peaks[key] = system.measure_peak_tflops(device, precision, self.probe_seconds)
         return self._peaks[key]
 
     def base_row(self, cfg: RunConfig, threads: int) -> dict:
         return {
+            **dict.fromkeys(COLUMNS),
             **asdict(cfg),
             "config": asdict(cfg),
             "config_key": cfg.key(),

@@ -109,7 +109,7 @@ def device_name(device: str) -> str:
 PROBE_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, **AUTOCAST_DTYPES}
 
 
-def measure_peak_tflops(device: str, precision: str) -> dict:
+def measure_peak_tflops(device: str, precision: str, seconds: float | None = None) -> dict:
     """TFLOP/s of a square matmul in `precision`'s compute dtype on `device` (median of
     repeats). The size is large enough to be compute-bound on the device type."""
     d = torch.device(device)
@@ -122,8 +122,9 @@ def measure_peak_tflops(device: str, precision: str) -> dict:
         saved = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     try:
-        times = timing.time_repeated(lambda: torch.mm(a, b), d, min_repeats=5,
-                                     max_seconds=0.5 if d.type == "cuda" else 1.0, warmup=2)
+        if seconds is None:
+            seconds = 0.5 if d.type == "cuda" else 1.0
+        times = timing.time_repeated(lambda: torch.mm(a, b), d, min_repeats=5, max_seconds=seconds, warmup=2)
     finally:
         if saved is not None:
             torch.backends.cuda.matmul.allow_tf32 = saved

@@ -107,15 +107,19 @@ _ALLOWED_GLOBALS = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D102 - pickle's hook
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed") from None
+            raise _Refused(f"global '{module}.{name}' is not allowed") from None
 
     def persistent_load(self, pid):  # noqa: D102 - pickle's hook
-        raise pickle.UnpicklingError("persistent ids are not allowed")
+        raise _Refused("persistent ids are not allowed")
 
 
 def _check_plain(obj: object, path: Path, depth: int = 0) -> None:
@@ -145,10 +149,10 @@ def read_batch_file(path: Path) -> dict:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
     try:
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise DataError(f"{path}: refused: {e}; this is not a plain CIFAR-10 batch. "
                         "Delete it and download the dataset again.") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
         raise DataError(f"{path}: truncated or corrupt ({type(e).__name__}: {e}). "
                         "Delete it and download the dataset again.") from None
     if not isinstance(obj, dict):

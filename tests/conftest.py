@@ -1,0 +1,29 @@
+"""Shared fixtures. CUDA-marked tests skip cleanly without a GPU; nothing downloads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cnn.data
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """`pytest` must never download: the download host is unreachable in every test."""
+    monkeypatch.setattr(cnn.data, "_reachable", lambda url, timeout: False)
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    """A small synthetic dataset shared by tests (generated once)."""
+    return cnn.data.synthetic_cifar10(train_size=4096, test_size=1000, seed=0)

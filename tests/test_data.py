@@ -1,0 +1,245 @@
+import io
+import os
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import cnn.data as D
+from cnn.data import (CLASSES, DataError, DeviceBatches, classic_dataset, download_cifar10, get_dataset,
+                      load_cifar10, md5sum, read_batch_file, synthetic_cifar10)
+
+
+# ---- a fake CIFAR-10 folder in the real on-disk format -----------------------------------
+
+class Py2StylePickler(pickle.Pickler):
+    """Writes arrays the way the published files (pickled by Python 2) hold them: the raw
+    buffer as a text string, which Python 3 reads back as latin-1 `str`."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray):
+            fn, (cls, shape, code), state = obj.__reduce__()
+            return fn, (cls, shape, code.decode("latin1")), (*state[:4], state[4].decode("latin1"))
+        return NotImplemented
+
+
+def py2_pickle(obj) -> bytes:
+    buf = io.BytesIO()
+    Py2StylePickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def write_batch(path, n, rng, data=None, labels=None):
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8) if data is None else data
+    labels = rng.integers(0, 10, n).tolist() if labels is None else labels
+    batch = {"batch_label": "training batch", "labels": labels, "data": data,
+             "filenames": [f"img_{i}.png" for i in range(len(labels))]}
+    path.write_bytes(py2_pickle(batch))
+
+
+def fake_cifar(folder, n=20):
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (*D.TRAIN_FILES, *D.TEST_FILES):
+        write_batch(folder / name, n, rng)
+    (folder / "batches.meta").write_bytes(py2_pickle({"label_names": list(CLASSES), "num_vis": 3072}))
+    return {name: md5sum(folder / name) for name in D.CIFAR10_MD5}
+
+
+def test_real_format_files_load_with_their_checksums(tmp_path):
+    sums = fake_cifar(tmp_path / "cifar-10-batches-py")
+    data = load_cifar10(tmp_path / "cifar-10-batches-py", checksums=sums)
+    assert data.train_x.shape == (100, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.test_x.shape == (20, 3, 32, 32) and data.source == "cifar10"
+    raw = read_batch_file(tmp_path / "cifar-10-batches-py" / "data_batch_1")
+    # CHW layout: the first 1024 bytes of a row are the red plane
+    assert torch.equal(data.train_x[0, 0].flatten(), torch.from_numpy(raw["data"][0, :1024]))
+
+
+def test_checksum_mismatch_names_the_file_and_the_remedy(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    fake_cifar(folder)
+    with pytest.raises(DataError, match=r"checksum mismatch for .*data_batch_1.*expected c99cafc1.*delete"):
+        load_cifar10(folder)  # the published checksums
+
+
+def test_missing_file_is_named(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    sums = fake_cifar(folder)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataError, match=r"missing .*data_batch_3"):
+        load_cifar10(folder, checksums=sums)
+
+
+def test_truncated_file_is_refused_even_when_its_checksum_matches(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    fake_cifar(folder)
+    path = folder / "data_batch_2"
+    path.write_bytes(path.read_bytes()[:500])
+    sums = {name: md5sum(folder / name) for name in D.CIFAR10_MD5}
+    with pytest.raises(DataError, match=r"data_batch_2: truncated or corrupt"):
+        load_cifar10(folder, checksums=sums)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = RunsCode()
+    evil.marker = marker
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": evil, "labels": [1]}, protocol=2))
+    with pytest.raises(DataError, match=r"data_batch_1: refused: global '(posix|os)\.system' is not allowed"):
+        read_batch_file(path)
+    time.sleep(0.05)
+    assert not marker.exists()
+
+
+def test_builtins_eval_is_refused(tmp_path):
+    path = tmp_path / "test_batch"
+    path.write_bytes(b"cbuiltins\neval\n(S'1+1'\ntR.")
+    with pytest.raises(DataError, match="builtins.eval"):
+        read_batch_file(path)
+
+
+@pytest.mark.parametrize("data,labels,message", [
+    (np.zeros((4, 100), np.uint8), [0, 1, 2, 3], r"shape \(4, 100\), expected \(N, 3072\)"),
+    (np.zeros((2, 3072), np.uint8), [0, 12], r"labels outside 0-9"),
+    (np.zeros((2, 3072), np.float32), [0, 1], r"dtype float32, expected uint8"),
+])
+def test_malformed_batches_are_refused(tmp_path, data, labels, message):
+    path = tmp_path / "data_batch_1"
+    write_batch(path, len(labels), np.random.default_rng(0), data=data, labels=labels)
+    with pytest.raises(DataError, match=message):
+        D._batch_arrays(read_batch_file(path), path)
+
+
+def test_download_gives_up_within_seconds_when_offline(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="cannot reach www.cs.toronto.edu"):
+        download_cifar10(tmp_path)
+    assert time.perf_counter() - start < 5
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+
+
+def test_a_partial_download_never_passes_for_a_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_reachable", lambda url, timeout: True)
+
+    def partial(url, root, filename=None, md5=None, **kw):
+        (tmp_path / "x").write_text("")  # the download writes part of a file, then fails the md5 check
+        with open(os.path.join(root, filename), "wb") as f:
+            f.write(b"\x1f\x8b partial")
+        raise RuntimeError("File not found or corrupted.")
+
+    import torchvision.datasets.utils
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", partial)
+    with pytest.raises(DataError, match="download of .* failed"):
+        download_cifar10(tmp_path)
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["x"]  # the temporary folder is gone too
+
+
+def test_auto_falls_back_to_synthetic_with_one_warning(tmp_path):
+    messages = []
+    data = get_dataset("auto", tmp_path, synthetic_sizes=(64, 32), warn=messages.append)
+    assert data.source == "synthetic" and len(data.train_y) == 64
+    assert len(messages) == 1 and "using synthetic data" in messages[0] and "\n" not in messages[0]
+
+
+def test_cifar10_requested_but_absent_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="cannot reach"):
+        get_dataset("cifar10", tmp_path)
+
+
+def test_auto_uses_present_files_and_fails_loudly_when_they_are_damaged(tmp_path):
+    fake_cifar(tmp_path / "cifar-10-batches-py")
+    with pytest.raises(DataError, match="checksum mismatch"):
+        get_dataset("auto", tmp_path)
+
+
+# ---- synthetic data ------------------------------------------------------------------------
+
+def test_synthetic_data_has_cifar_shapes_and_is_deterministic():
+    a = synthetic_cifar10(500, 100, seed=0)
+    b = synthetic_cifar10(500, 100, seed=0)
+    assert a.train_x.shape == (500, 3, 32, 32) and a.train_x.dtype == torch.uint8
+    assert a.test_x.shape == (100, 3, 32, 32) and a.train_y.dtype == torch.int64
+    assert set(a.train_y.tolist()) == set(range(10)) and a.source == "synthetic"
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert not torch.equal(a.train_x, synthetic_cifar10(500, 100, seed=1).train_x)
+    assert 60 < a.train_x.float().mean() < 200 and a.train_x.float().std() > 30
+
+
+# ---- device-resident batches ------------------------------------------------------------------
+
+def epoch_batches(batches, epoch):
+    return [(x.clone(), y.clone()) for x, y in batches.epoch(epoch)]
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_one_seed_gives_identical_batch_order_and_augmentation(small_data, augment):
+    d = small_data
+    a = DeviceBatches(d.train_x[:256], d.train_y[:256], 32, augment=augment, seed=5)
+    b = DeviceBatches(d.train_x[:256], d.train_y[:256], 32, augment=augment, seed=5)
+    c = DeviceBatches(d.train_x[:256], d.train_y[:256], 32, augment=augment, seed=6)
+    for epoch in (0, 1):
+        ea, eb, ec = epoch_batches(a, epoch), epoch_batches(b, epoch), epoch_batches(c, epoch)
+        assert len(ea) == 8
+        assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(ea, eb))
+        assert not all(torch.equal(ya, yc) for (_, ya), (_, yc) in zip(ea, ec))
+    assert not torch.equal(epoch_batches(a, 0)[0][1], epoch_batches(a, 1)[0][1])  # reshuffled per epoch
+
+
+def test_batches_match_torchvision_totensor_normalize(small_data):
+    d = small_data
+    batches = DeviceBatches(d.test_x[:16], d.test_y[:16], 16, shuffle=False, drop_last=False)
+    x, y = next(iter(batches))
+    ds = classic_dataset(d.subset(None, 16), train=False)
+    expected = torch.stack([ds[i][0] for i in range(16)])
+    assert torch.allclose(x, expected, atol=1e-5)
+    assert torch.equal(y, d.test_y[:16])
+
+
+def test_augmentation_is_a_zero_padded_crop_and_flip(small_data):
+    d = small_data
+    batches = DeviceBatches(d.train_x[:64], d.train_y[:64], 64, augment=True, seed=2)
+    order, dy, dx, flip = batches.plan(0)
+    x, _ = next(batches.epoch(0))
+    padded = torch.nn.functional.pad(d.train_x[:64].float(), (4, 4, 4, 4))
+    std, mean = torch.tensor(D.STD)[:, None, None], torch.tensor(D.MEAN)[:, None, None]
+    for k in range(64):
+        i = order[k]
+        crop = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        if flip[i]:
+            crop = crop.flip(-1)
+        assert torch.allclose(x[k], (crop / 255 - mean) / std, atol=1e-5)
+    assert 0 < flip.float().mean() < 1 and dy.min() >= 0 and dy.max() <= 8
+
+
+def test_channels_last_batches_hold_the_same_values(small_data):
+    d = small_data
+    a = DeviceBatches(d.train_x[:64], d.train_y[:64], 32, augment=True, seed=1)
+    b = a.view(channels_last=True)
+    for (xa, _), (xb, _) in zip(a.epoch(0), b.epoch(0)):
+        assert xb.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(xa, xb)
+
+
+def test_batch_size_larger_than_the_data_is_refused(small_data):
+    with pytest.raises(ValueError, match="batch size 64 is larger than the 10 examples"):
+        DeviceBatches(small_data.train_x[:10], small_data.train_y[:10], 64)
+
+
+@pytest.mark.cuda
+def test_cpu_and_cuda_see_identical_batches(small_data):
+    d = small_data
+    cpu = DeviceBatches(d.train_x[:256], d.train_y[:256], 32, "cpu", augment=True, seed=3)
+    gpu = DeviceBatches(d.train_x[:256], d.train_y[:256], 32, "cuda", augment=True, seed=3)
+    for (xc, yc), (xg, yg) in zip(cpu.epoch(0), gpu.epoch(0)):
+        assert torch.equal(yc, yg.cpu())
+        assert torch.allclose(xc, xg.cpu(), atol=1e-6)

@@ -1,0 +1,117 @@
+import json
+
+import pytest
+import torch
+
+import cnn.train
+from bench.results import COLUMNS, read_jsonl
+from bench.runner import Runner, RunFolderError
+from helpers import tiny
+
+
+def run(tmp_path, configs, resume=False, name="run"):
+    runner = Runner(tmp_path / name, data_kind="synthetic", log=lambda m: None, progress=False,
+                    probe_seconds=0.02)
+    return runner, runner.run(configs, resume=resume)
+
+
+def test_a_sweep_writes_every_column_and_its_files(tmp_path):
+    configs = [tiny(batch_size=8), tiny(batch_size=16, precision="bf16", epochs=1)]
+    _, rows = run(tmp_path, configs)
+    folder = tmp_path / "run"
+    assert {p.name for p in folder.iterdir()} >= {"results.jsonl", "results.csv", "system.json", "sweep.json",
+                                                    "predictions"}
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    for r in rows:
+        assert set(COLUMNS) <= set(r), set(COLUMNS) - set(r)
+        assert r["data"] == "synthetic" and r["train_images_per_s"] > 0 and r["step_ms_median"] > 0
+        assert len(r["step_samples_s"]) == r["timed_steps"] >= 2 and r["warmup_steps"] >= 1
+        assert r["flops_per_image"] > 0 and 0 < r["mfu"] < 5 and r["peak_memory_mb"] > 0
+    assert rows[0]["test_accuracy"] is None and 0 <= rows[1]["test_accuracy"] <= 1
+    assert len(rows[1]["accuracy_curve"]) == 1 and (folder / rows[1]["predictions_file"]).exists()
+    system = json.loads((folder / "system.json").read_text())
+    assert {"cpu_model", "torch", "ram_gb", "peaks"} <= set(system)
+    assert {(p["device"], p["precision"]) for p in system["peaks"]} == {("cpu", "fp32"), ("cpu", "bf16")}
+    header = (folder / "results.csv").read_text().splitlines()[0].split(",")
+    assert header == list(COLUMNS)
+
+
+def test_unsupported_combinations_are_skipped_with_the_reason(tmp_path):
+    _, rows = run(tmp_path, [tiny(precision="fp16"), tiny(precision="tf32"), tiny()])
+    assert [r["status"] for r in rows] == ["skipped", "skipped", "ok"]
+    assert "CUDA-only" in rows[0]["reason"] and "no TF32" in rows[1]["reason"]
+
+
+def test_an_injected_out_of_memory_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    real_step = cnn.train.Trainer.step
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+    def step(self, x, y):
+        if x.shape[0] == 32:
+            raise oom("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(cnn.train.Trainer, "step", step)
+    _, rows = run(tmp_path, [tiny(batch_size=8), tiny(batch_size=32), tiny(batch_size=16)])
+    assert [r["status"] for r in rows] == ["ok", "oom", "ok"]
+    assert "out of memory" in rows[1]["reason"] and "20.00 GiB" in rows[1]["reason"]
+    assert len(read_jsonl(tmp_path / "run" / "results.jsonl")) == 3
+
+
+def test_a_cpu_allocation_failure_counts_as_oom(tmp_path, monkeypatch):
+    def step(self, x, y):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(cnn.train.Trainer, "step", step)
+    _, rows = run(tmp_path, [tiny()])
+    assert rows[0]["status"] == "oom"
+
+
+def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path):
+    _, rows = run(tmp_path, [tiny(lr=1e5, epochs=1), tiny()])
+    assert [r["status"] for r in rows] == ["diverged", "ok"]
+    assert "training loss is" in rows[0]["reason"]
+
+
+def test_other_errors_are_recorded_as_failed_with_a_traceback_log(tmp_path, monkeypatch):
+    def step(self, x, y):
+        raise ValueError("something odd")
+
+    monkeypatch.setattr(cnn.train.Trainer, "step", step)
+    _, rows = run(tmp_path, [tiny()])
+    assert rows[0]["status"] == "failed" and rows[0]["reason"] == "ValueError: something odd"
+    assert "Traceback" in (tmp_path / "run" / "errors.log").read_text()
+
+
+def test_resume_runs_only_what_is_missing(tmp_path):
+    configs = [tiny(batch_size=8), tiny(batch_size=16), tiny(batch_size=32)]
+    run(tmp_path, configs[:2])
+    with pytest.raises(RunFolderError, match="already holds 2 results; add --resume"):
+        run(tmp_path, configs)
+    _, rows = run(tmp_path, configs, resume=True)
+    assert [r["batch_size"] for r in rows] == [32]
+    all_rows = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert sorted(r["batch_size"] for r in all_rows) == [8, 16, 32]
+    _, rows = run(tmp_path, configs, resume=True)
+    assert rows == []
+
+
+def test_a_configuration_over_its_budget_is_skipped_not_run(tmp_path):
+    # batch 8 takes some milliseconds a step; predicted from it, batch 4096 cannot fit 0.05 s
+    configs = [tiny(batch_size=8, max_config_seconds=0.05), tiny(batch_size=4096, train_size=4096,
+                                                                  max_config_seconds=0.05)]
+    _, rows = run(tmp_path, configs)
+    assert rows[0]["status"] == "ok"
+    assert rows[1]["status"] == "skipped" and "over the time budget" in rows[1]["reason"]
+    assert rows[1].get("train_images_per_s") is None
+
+
+def test_a_slow_first_step_stops_the_configuration(tmp_path):
+    _, rows = run(tmp_path, [tiny(model="resnet18", batch_size=64, max_config_seconds=0.01)])
+    assert rows[0]["status"] == "skipped" and "a step takes" in rows[0]["reason"]
+
+
+def test_out_pointing_at_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file, expected a folder"):
+        run(tmp_path, [tiny()], name="file")
