@@ -246,7 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from bench.config import RunConfig, SweepRequest, build_sweep
     from bench.results import to_frame
-    from bench.runner import Runner, RunFolderError
+    from bench.runner import RunFolderError, Runner
     from cnn.data import DataError
 
     _check_devices(args.devices)
@@ -275,7 +275,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             preset=args.preset, devices=args.devices, models=args.models, batch_sizes=args.batch_sizes,
             precisions=args.precisions, epochs=args.epochs, seeds=seeds, threads=args.threads,
             channels_last={"auto": None, "on": True, "off": False}[args.channels_last], compile=args.compile,
-            augment={"auto": None, "on": True, "off": False}[args.augment], data_paths=args.data_paths, train_size=args.train_size, test_size=args.test_size,
+            augment={"auto": None, "on": True, "off": False}[args.augment], data_paths=args.data_paths,
+            train_size=args.train_size, test_size=args.test_size,
             target_accuracy=args.target_accuracy, budget=budget,
             cpu_reference=False if args.no_cpu_reference else None,
         )

@@ -141,8 +141,7 @@ PRESET_TABLE: dict[str, Preset] = {
                     max_config_seconds=30.0, eval_max_seconds=0.5),
         accuracy_runs=(("tutorial", 32),),
         accuracy_epochs=2,
-        seeds=(0, 1),
-        model_batch_limit={("cpu", "resnet18"): 128},
+        seeds=(0, 1, 2, 3),
     ),
     # Hours on a CPU: every model at every batch size, three seeds, longer timed loops.
     "full": Preset(
@@ -200,7 +199,8 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
         configs.append(RunConfig(
             device=device, model=model, batch_size=bs, precision=precision, seed=seed, epochs=epochs,
             channels_last=cl, compile=req.compile,
-            augment=req.augment if req.augment is not None else AUGMENT_DEFAULT.get(model, False), data_path=data_path, threads=req.threads,
+            augment=req.augment if req.augment is not None else AUGMENT_DEFAULT.get(model, False),
+            data_path=data_path, threads=req.threads,
             train_size=req.train_size or p.train_size, test_size=req.test_size or p.test_size,
             target_accuracy=req.target_accuracy, **budget,
         ))

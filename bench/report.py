@@ -193,6 +193,27 @@ def _variant(row) -> str:
     return f" ({', '.join(extra)})" if extra else ""
 
 
+def _plain(x: float, _pos=None) -> str:
+    if x >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:g}"
+
+
+def _batch_axis(ax, batch_sizes) -> None:
+    """Log2 x axis labelled with the batch sizes themselves, plain numbers on a log y."""
+    sizes = sorted({int(b) for b in batch_sizes})
+    ax.set_xscale("log", base=2)
+    if sizes:
+        ax.set_xticks(sizes)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_plain))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.tick_params(axis="x", labelsize=7)
+    if ax.get_yscale() == "log":
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_plain))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _save(fig, out: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(out / name, dpi=110)
@@ -208,15 +229,15 @@ def _lines_vs_batch(tp: pd.DataFrame, colours: dict, value: str, ylabel: str, ti
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
         sub = tp[tp["model"] == model]
-        for (dkey, prec, cl, comp), g in sub.groupby(["device_key", "precision", "channels_last", "compile"]):
+        for (dkey, prec, _cl, _comp), g in sub.groupby(["device_key", "precision", "channels_last", "compile"]):
             g = g.sort_values("batch_size").dropna(subset=[value])
             if g.empty:
                 continue
             ax.plot(g["batch_size"], g[value], PRECISION_STYLE.get(prec, "-"), marker=PRECISION_MARKER.get(prec, "o"),
                     color=colours.get(dkey, "k"), label=f"{dkey} {prec}{_variant(g.iloc[0])}", markersize=4)
-        ax.set_xscale("log", base=2)
         if logy:
             ax.set_yscale("log")
+        _batch_axis(ax, sub["batch_size"])
         ax.set_xlabel("batch size (images per step)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{model}")
@@ -234,7 +255,7 @@ def fig_speedup(tp: pd.DataFrame, colours: dict, out: Path) -> str | None:
     for ax, model in zip(axes, models):
         cpu = best_per_batch(tp, "cpu", model).groupby("batch_size")["images_per_s"].max()
         gpu = tp[(tp["device_kind"] == "cuda") & (tp["model"] == model)]
-        for (dkey, prec, cl, comp), g in gpu.groupby(["device_key", "precision", "channels_last", "compile"]):
+        for (dkey, prec, _cl, _comp), g in gpu.groupby(["device_key", "precision", "channels_last", "compile"]):
             g = g[g["batch_size"].isin(cpu.index)].sort_values("batch_size")
             if g.empty:
                 continue
@@ -242,8 +263,8 @@ def fig_speedup(tp: pd.DataFrame, colours: dict, out: Path) -> str | None:
             ax.plot(g["batch_size"], ratio, PRECISION_STYLE.get(prec, "-"), marker=PRECISION_MARKER.get(prec, "o"),
                     color=colours.get(dkey, "k"), label=f"{dkey} {prec}{_variant(g.iloc[0])}", markersize=4)
         ax.axhline(1.0, color="black", linewidth=1.2, label="break-even (1x)")
-        ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        _batch_axis(ax, gpu["batch_size"])
         ax.set_xlabel("batch size (images per step)")
         ax.set_ylabel("speedup over the CPU's best precision (x)")
         ax.set_title(model)
@@ -263,7 +284,7 @@ def fig_epoch_time(df: pd.DataFrame, tp: pd.DataFrame, colours: dict, out: Path)
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
         sub = tp[tp["model"] == model]
-        for (dkey, prec, cl, comp), g in sub.groupby(["device_key", "precision", "channels_last", "compile"]):
+        for (dkey, prec, _cl, _comp), g in sub.groupby(["device_key", "precision", "channels_last", "compile"]):
             g = g.sort_values("batch_size")
             ax.plot(g["batch_size"], g["projected"], PRECISION_STYLE.get(prec, "-"), color=colours.get(dkey, "k"),
                     marker=PRECISION_MARKER.get(prec, "o"), markersize=4,
@@ -274,8 +295,8 @@ def fig_epoch_time(df: pd.DataFrame, tp: pd.DataFrame, colours: dict, out: Path)
             ax.scatter([bs], [g["epoch_seconds"].median() * scale], marker="x", s=60, color=colours.get(dkey, "k"),
                        label=f"{dkey} {prec} bs {bs}: measured end to end" + (" (scaled to 50k)" if scale != 1 else ""),
                        zorder=5)
-        ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        _batch_axis(ax, sub["batch_size"])
         ax.set_xlabel("batch size (images per step)")
         ax.set_ylabel("seconds per 50,000-image epoch")
         ax.set_title(model)
@@ -329,8 +350,8 @@ def fig_data_paths(df: pd.DataFrame, colours: dict, out: Path) -> str | None:
             colour = colours.get(dkey, "k")
             ax.plot(bs, s["device"], "-", marker="o", color=colour, label=f"{dkey} {prec}: device-resident")
             ax.plot(bs, s["dataloader"], "--", marker="s", color=colour, label=f"{dkey} {prec}: DataLoader")
-        ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        _batch_axis(ax, sub.index.get_level_values("batch_size"))
         ax.set_xlabel("batch size (images per step)")
         ax.set_ylabel("training throughput (images/s)")
         ax.set_title(model)
@@ -492,7 +513,8 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
                   for r in eq.itertuples()] + [""]
     parts += ["## Methodology", "", *methodology(df, rows, systems), ""]
     warn_lines = warnings_lines(df)
-    parts += ["## Warnings", "", *(warn_lines or ["None: no noisy, skipped, OOM, diverged or failed configurations."]), ""]
+    none = "None: no noisy, skipped, OOM, diverged or failed configurations."
+    parts += ["## Warnings", "", *(warn_lines or [none]), ""]
     parts += ["## Results", "", results_markdown(df), ""]
     parts += ["## Systems", "", system_markdown(systems), ""]
     (out / "report.md").write_text("\n".join(parts))

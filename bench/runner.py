@@ -355,7 +355,8 @@ class Runner:
         pred_file = self.store.save_predictions(cfg.short_id(), result.predictions.numpy(),
                                                 data.test_y.numpy())
         return {
-            "test_accuracy": result.accuracy, "accuracy_curve": curve, "epoch_seconds": timing.quartiles(epoch_seconds)[1],
+            "test_accuracy": result.accuracy, "accuracy_curve": curve,
+            "epoch_seconds": timing.quartiles(epoch_seconds)[1],
             "epoch_seconds_list": epoch_seconds, "eval_seconds_list": eval_seconds, "train_loss_curve": losses,
             "time_to_target_s": time_to_target, "predictions_file": pred_file,
         }

@@ -134,7 +134,7 @@ def measure_peak_tflops(device: str, precision: str, seconds: float | None = Non
             "tflops": 2 * n**3 / median / 1e12}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training_flops_per_image(model_name: str) -> int:
     """Forward + backward FLOPs of one training image, counted by FlopCounterMode on a
     CPU batch of 2 (matmuls and convolutions; elementwise ops are not counted)."""

@@ -152,7 +152,8 @@ def read_batch_file(path: Path) -> dict:
     except _Refused as e:
         raise DataError(f"{path}: refused: {e}; this is not a plain CIFAR-10 batch. "
                         "Delete it and download the dataset again.") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError) as e:
         raise DataError(f"{path}: truncated or corrupt ({type(e).__name__}: {e}). "
                         "Delete it and download the dataset again.") from None
     if not isinstance(obj, dict):

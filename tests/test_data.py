@@ -8,9 +8,18 @@ import pytest
 import torch
 
 import cnn.data as D
-from cnn.data import (CLASSES, DataError, DeviceBatches, classic_dataset, download_cifar10, get_dataset,
-                      load_cifar10, md5sum, read_batch_file, synthetic_cifar10)
-
+from cnn.data import (
+    CLASSES,
+    DataError,
+    DeviceBatches,
+    classic_dataset,
+    download_cifar10,
+    get_dataset,
+    load_cifar10,
+    md5sum,
+    read_batch_file,
+    synthetic_cifar10,
+)
 
 # ---- a fake CIFAR-10 folder in the real on-disk format -----------------------------------
 

@@ -5,7 +5,7 @@ import torch
 
 import cnn.train
 from bench.results import COLUMNS, read_jsonl
-from bench.runner import Runner, RunFolderError
+from bench.runner import RunFolderError, Runner
 from helpers import tiny
 
 

@@ -1,0 +1,109 @@
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from bench.cli import main
+from bench.report import write_report
+from bench.results import COLUMNS, ResultsStore
+
+LAPTOP = {"host": "laptop", "cpu_model": "Laptop CPU", "torch": "2.4.0", "cuda_available": False,
+          "peaks": [{"device": "cpu", "precision": "fp32", "dtype": "float32", "n": 1024, "repeats": 5,
+                     "tflops": 0.2}]}
+SERVER = {"host": "server", "cpu_model": "Server CPU", "torch": "2.11.0", "cuda_available": True,
+          "gpu_name": "NVIDIA H100", "cudnn": 91000, "driver": "570.1",
+          "peaks": [{"device": "cuda", "precision": "fp16", "dtype": "float16", "n": 8192, "repeats": 9,
+                     "tflops": 700.0}]}
+
+
+def row(host, device, device_name, model, bs, precision, ips, status="ok", reason=None, **kw):
+    r = dict.fromkeys(COLUMNS)
+    r.update(device=device, device_name=device_name, host=host, model=model, batch_size=bs, precision=precision,
+             channels_last=False, compile=False, data_path="device", status=status, reason=reason, seed=0,
+             epochs=0, threads=2, data="synthetic", train_size=50000, test_size=10000, world_size=1)
+    if status == "ok":
+        step = bs / ips
+        r.update(train_images_per_s=ips, step_ms_median=1e3 * step, step_ms_iqr=1e3 * step * 0.04, noisy=False,
+                 timed_steps=20, warmup_steps=3, warmup_seconds=0.1, timing_method="perf_counter"
+                 if device == "cpu" else "cuda_event", eval_images_per_s=3 * ips, flops_per_image=4e6,
+                 achieved_tflops=4e6 * ips / 1e12, peak_tflops=0.2, mfu=4e6 * ips / 1e12 / 0.2,
+                 peak_memory_mb=100 + bs, memory_kind="cpu_peak_rss")
+    r.update(kw)
+    return r
+
+
+def write_run(folder, system, rows):
+    folder.mkdir()
+    store = ResultsStore(folder)
+    for r in rows:
+        store.append(r)
+    (folder / "system.json").write_text(json.dumps(system))
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path):
+    laptop = [row("laptop", "cpu", "Laptop CPU", "tutorial", bs, p, ips)
+              for bs, p, ips in [(4, "fp32", 3000), (32, "fp32", 8000), (128, "fp32", 10000),
+                                 (4, "bf16", 1500), (32, "bf16", 4000), (128, "bf16", 6000)]]
+    laptop += [row("laptop", "cpu", "Laptop CPU", "resnet18", bs, "fp32", ips) for bs, ips in [(4, 40), (32, 50)]]
+    laptop.append(row("laptop", "cpu", "Laptop CPU", "resnet18", 128, "bf16", None, status="skipped",
+                      reason="over the time budget: predicted 30 s/step"))
+    laptop.append(row("laptop", "cpu", "Laptop CPU", "tutorial", 32, "fp32", 8000, epochs=2, test_accuracy=0.68,
+                      accuracy_curve=[0.6, 0.68], epoch_seconds=6.5))
+    server = [row("server", "cuda", "NVIDIA H100", "tutorial", bs, p, ips)
+              for bs, p, ips in [(4, "fp32", 2000), (32, "fp32", 20000), (128, "fp32", 45000),
+                                 (4, "fp16", 1800), (32, "fp16", 19000), (128, "fp16", 50000)]]
+    server += [row("server", "cuda", "NVIDIA H100", "resnet18", bs, "fp16", ips) for bs, ips in [(4, 400), (32, 5000)]]
+    server.append(row("server", "cuda", "NVIDIA H100", "resnet18", 4096, "fp32", None, status="oom",
+                      reason="out of memory: Tried to allocate 30.00 GiB"))
+    server.append(row("server", "cuda", "NVIDIA H100", "tutorial", 32, "fp16", 19000, epochs=2, test_accuracy=0.675,
+                      accuracy_curve=[0.61, 0.675], epoch_seconds=2.6))
+    return write_run(tmp_path / "laptop", LAPTOP, laptop), write_run(tmp_path / "server", SERVER, server)
+
+
+def test_report_merges_machines_and_links_valid_figures(runs, tmp_path):
+    out = tmp_path / "report"
+    path = write_report(runs, out)
+    text = path.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {"throughput.png", "speedup.png", "epoch_time.png", "accuracy.png", "memory.png", "mfu.png"} <= set(links)
+    for name in links:
+        with Image.open(out / name) as im:
+            im.verify()
+            assert im.format == "PNG"
+    assert "Laptop CPU" in text and "NVIDIA H100" in text and "Server CPU" in text
+
+
+def test_summary_states_the_speedups_in_the_data(runs, tmp_path):
+    text = write_report(runs, tmp_path / "r").read_text()
+    summary = text.split("## Summary")[1].split("##")[0]
+    # tutorial: GPU best 50,000 (bs 128 fp16) / CPU best 10,000 (bs 128 fp32) = 5.0x;
+    # at batch 4 the CPU is faster (3,000 vs 2,000), from 32 the GPU wins
+    assert "**tutorial**: GPU/CPU speedup **5.0x**" in summary
+    assert "The GPU wins from batch size **32** on" in summary
+    assert "At batch 4: 0.67x" in summary
+    # resnet18: 5,000 / 50 = 100x, faster at every common batch size
+    assert "**resnet18**: GPU/CPU speedup **100.0x**" in summary
+    assert "faster at every batch size measured on both" in summary
+    # AMP: CPU bf16 best 6,000 / fp32 best 10,000 = 0.60x; GPU fp16 50,000 / 45,000 = 1.11x
+    assert "bf16 0.60x" in summary and "fp16 1.11x" in summary
+
+
+def test_warnings_name_skipped_and_oom_configurations(runs, tmp_path):
+    text = write_report(runs, tmp_path / "r").read_text()
+    warnings = text.split("## Warnings")[1].split("##")[0]
+    assert "skipped" in warnings and "over the time budget" in warnings
+    assert "oom" in warnings and "30.00 GiB" in warnings
+
+
+def test_methodology_says_which_data_ran(runs, tmp_path):
+    text = write_report(runs, tmp_path / "r").read_text()
+    assert "Data that ran: **synthetic**" in text
+    assert "Warm-up steps run first and are excluded" in text
+
+
+def test_report_command_writes_into_the_first_run_by_default(runs, capsys):
+    assert main(["report", *map(str, runs)]) == 0
+    assert (runs[0] / "report.md").exists()
