@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="padded random crop + flip; auto follows the model's usual recipe")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is "
                                                             "reported as warm-up)")
+    run.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"), default=None,
+                     help="torch.compile mode (implies --compile); reduce-overhead captures CUDA graphs, "
+                          "which helps tiny models whose GPU steps are launch-bound")
     run.add_argument("--train-size", type=positive_int, default=None, help="training images (default: all)")
     run.add_argument("--test-size", type=positive_int, default=None, help="test images (default: all)")
     run.add_argument("--target-accuracy", type=fraction, default=None, help="record time to this accuracy")
@@ -274,7 +277,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         req = SweepRequest(
             preset=args.preset, devices=args.devices, models=args.models, batch_sizes=args.batch_sizes,
             precisions=args.precisions, epochs=args.epochs, seeds=seeds, threads=args.threads,
-            channels_last={"auto": None, "on": True, "off": False}[args.channels_last], compile=args.compile,
+            channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
+            compile=args.compile or args.compile_mode is not None,
+            compile_mode=None if args.compile_mode in (None, "default") else args.compile_mode,
             augment={"auto": None, "on": True, "off": False}[args.augment], data_paths=args.data_paths,
             train_size=args.train_size, test_size=args.test_size,
             target_accuracy=args.target_accuracy, budget=budget,

@@ -35,6 +35,7 @@ class RunConfig:
     epochs: int = 0  # full training epochs for accuracy after the throughput loop; 0: none
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str | None = None  # torch.compile mode; "reduce-overhead" uses CUDA graphs
     cudnn_benchmark: bool = True  # CUDA only: let cuDNN autotune convolution algorithms
     data_path: str = "device"  # "device" (resident uint8 + on-device augmentation) or "dataloader"
     threads: int | None = None  # CPU threads for this run; None: torch's default
@@ -64,7 +65,7 @@ class RunConfig:
         if self.channels_last:
             parts.append("channels_last")
         if self.compile:
-            parts.append("compile")
+            parts.append(f"compile:{self.compile_mode}" if self.compile_mode else "compile")
         if self.data_path != "device":
             parts.append(self.data_path)
         if self.epochs:
@@ -174,6 +175,7 @@ class SweepRequest:
     channels_last: bool | None = None  # None: the measured default per device and model
     augment: bool | None = None  # None: the model's usual recipe (AUGMENT_DEFAULT)
     compile: bool = False
+    compile_mode: str | None = None
     data_paths: tuple[str, ...] = ("device",)
     train_size: int | None = None
     test_size: int | None = None
@@ -198,7 +200,7 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
         cl = req.channels_last if req.channels_last is not None else default_channels_last(device, model)
         configs.append(RunConfig(
             device=device, model=model, batch_size=bs, precision=precision, seed=seed, epochs=epochs,
-            channels_last=cl, compile=req.compile,
+            channels_last=cl, compile=req.compile, compile_mode=req.compile_mode,
             augment=req.augment if req.augment is not None else AUGMENT_DEFAULT.get(model, False),
             data_path=data_path, threads=req.threads,
             train_size=req.train_size or p.train_size, test_size=req.test_size or p.test_size,

@@ -282,7 +282,8 @@ class Runner:
     def measure(self, cfg: RunConfig, phase: Callable[[str], None]) -> dict:
         device = torch.device(cfg.device)
         trainer = make_trainer(cfg.model, device, cfg.precision, batch_size=cfg.batch_size, seed=cfg.seed,
-                               lr=cfg.lr, channels_last=cfg.channels_last, compile=cfg.compile)
+                               lr=cfg.lr, channels_last=cfg.channels_last, compile=cfg.compile,
+                               compile_mode=cfg.compile_mode)
         train_epoch_batches, test_batches, data = self.batches(cfg, device)
         out: dict = {"data": data.source, "lr": trainer.lr, "train_size": len(data.train_y),
                      "test_size": len(data.test_y)}
@@ -305,7 +306,17 @@ class Runner:
         train_epoch(trainer, stream, on_step=timer.mark)
         m = timing.Measurement(timer.samples(), cfg.batch_size, len(warm_samples), sum(warm_samples), timer.method)
         self._history.setdefault(self._history_key(cfg), []).append((cfg.batch_size, m.median))
+
+        # The compute-only ceiling: the same trainer stepping on one batch already on the
+        # device, timed the same way, so fraction_of_ceiling shows what the input path costs.
+        phase("ceiling")
+        x, y = trainer.prepare(*next(stream))
+        fixed = (x.clone(memory_format=torch.preserve_format), y.clone())
         del stream
+        ceil_timer = timing.StepTimer(device, cfg.min_steps, cfg.max_steps, cfg.max_seconds / 2)
+        ceil_timer.start()
+        train_epoch(trainer, itertools.repeat(fixed), on_step=ceil_timer.mark)
+        ceiling = timing.Measurement(ceil_timer.samples(), cfg.batch_size, 0, 0.0, ceil_timer.method)
 
         phase("inference")
         ev_warm = timing.StepTimer(device, 1, 1, 0.0)
@@ -323,6 +334,9 @@ class Runner:
             train_images_per_s=m.items_per_second, step_ms_median=m.median * 1e3, step_ms_iqr=m.iqr * 1e3,
             noisy=m.noisy, timed_steps=len(m.samples), warmup_steps=m.warmup_steps,
             warmup_seconds=m.warmup_seconds, timing_method=m.method, step_samples_s=list(m.samples),
+            compile_seconds=warm_samples[0] if cfg.compile else None,
+            ceiling_images_per_s=ceiling.items_per_second,
+            fraction_of_ceiling=m.items_per_second / ceiling.items_per_second,
             eval_images_per_s=ev.items_per_second, eval_samples_s=list(ev.samples),
             flops_per_image=flops, achieved_tflops=achieved, peak_tflops=peak["tflops"],
             mfu=achieved / peak["tflops"],

@@ -85,6 +85,7 @@ class Trainer:
     model_name: str = ""
     momentum: float = MOMENTUM
     weight_decay: float = 0.0
+    compile_mode: str | None = None
     _autocast_dtype: torch.dtype | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -104,9 +105,9 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
-    def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # No-ops for device-resident batches; the DataLoader path copies here (async when
-        # its host memory is pinned).
+    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """On the device, in the trainer's memory format. No-ops for device-resident batches;
+        the DataLoader path copies here (asynchronously when its host memory is pinned)."""
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if self.channels_last:
@@ -115,8 +116,12 @@ class Trainer:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One forward, backward and optimizer step. Returns the loss, detached, unsynced."""
-        x, y = self._prepare(x, y)
+        x, y = self.prepare(x, y)
         net = self.compiled or self.model
+        if self.compile_mode == "reduce-overhead":
+            # CUDA graphs replay into the same output buffers: mark each training step so
+            # the previous step's outputs are not overwritten while still in use.
+            torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
             loss = F.cross_entropy(net(x), y)
         if self.scaler is not None:
@@ -168,7 +173,7 @@ def make_trainer(
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     compiled = torch.compile(model, mode=compile_mode) if compile else None
     return Trainer(model, optimizer, device, precision, channels_last, scaler, compiled, lr,
-                   model_name, momentum, wd)
+                   model_name, momentum, wd, compile_mode if compile else None)
 
 
 @dataclass(frozen=True)
@@ -221,7 +226,7 @@ def evaluate(
         torch.zeros((), device=trainer.device), 0
     with matmul_precision(trainer.device, trainer.precision):
         for x, y in batches:
-            x, y = trainer._prepare(x, y)
+            x, y = trainer.prepare(x, y)
             with trainer.autocast():
                 logits = net(x)
             p = logits.argmax(dim=1)

@@ -97,9 +97,10 @@ def test_resume_runs_only_what_is_missing(tmp_path):
 
 
 def test_a_configuration_over_its_budget_is_skipped_not_run(tmp_path):
-    # batch 8 takes some milliseconds a step; predicted from it, batch 4096 cannot fit 0.05 s
-    configs = [tiny(batch_size=8, max_config_seconds=0.05), tiny(batch_size=4096, train_size=4096,
-                                                                  max_config_seconds=0.05)]
+    # batch 8 takes about 2 ms a step; predicted from it, batch 8192 needs about 2 s a step
+    # and 3 steps (1 warm-up + min_steps 2) cannot fit 2 s
+    configs = [tiny(batch_size=8, max_config_seconds=2.0), tiny(batch_size=8192, train_size=8192,
+                                                                 max_config_seconds=2.0)]
     _, rows = run(tmp_path, configs)
     assert rows[0]["status"] == "ok"
     assert rows[1]["status"] == "skipped" and "over the time budget" in rows[1]["reason"]
