@@ -321,7 +321,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.results import ResultsError
 
     try:
-        path = write_report(args.run_dirs, args.out, margin_pp=args.margin)
+        path = write_report(args.run_dirs, args.out, margin_pp=args.margin,
+                            warn=lambda m: print(f"cifar-bench: warning: {m}", file=sys.stderr))
     except ResultsError as e:
         raise UsageError(str(e)) from None
     print(f"cifar-bench: report written to {path}")

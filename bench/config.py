@@ -218,7 +218,9 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
                     if limit is not None and bs > limit:
                         continue
                     for data_path in req.data_paths:
-                        accuracy = req.epochs is not None or (model, bs) in p.accuracy_runs
+                        # --epochs N trains every configuration (0: none); without it only the
+                        # preset's accuracy runs train
+                        accuracy = req.epochs > 0 if req.epochs is not None else (model, bs) in p.accuracy_runs
                         if accuracy and data_path == "device":
                             epochs = req.epochs if req.epochs is not None else p.accuracy_epochs
                             for seed in (req.seeds or p.seeds):

@@ -61,6 +61,14 @@ class DataError(Exception):
     """A data problem the user can fix; the message names the file and the remedy."""
 
 
+REMEDY = ("Remedy: delete the folder and fetch CIFAR-10 again (--data cifar10 with network access, or the "
+          "official cifar-10-python.tar.gz extracted into --data-dir), or run with --data synthetic.")
+
+
+def bad_file(path: Path, problem: str) -> DataError:
+    return DataError(f"{path}: {problem}. {REMEDY}")
+
+
 @dataclass(frozen=True)
 class Cifar10Arrays:
     """The whole dataset as uint8 NCHW images and int64 labels, on the CPU."""
@@ -125,7 +133,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def _check_plain(obj: object, path: Path, depth: int = 0) -> None:
     """Accept only dicts, lists, strings, ints, bytes and uint8 arrays."""
     if depth > 4:
-        raise DataError(f"{path}: nested too deeply for a CIFAR-10 batch")
+        raise bad_file(path, "nested too deeply for a CIFAR-10 batch")
     if isinstance(obj, dict):
         for k, v in obj.items():
             _check_plain(k, path, depth + 1)
@@ -136,9 +144,9 @@ def _check_plain(obj: object, path: Path, depth: int = 0) -> None:
                 _check_plain(v, path, depth + 1)
     elif isinstance(obj, np.ndarray):
         if obj.dtype != np.uint8:
-            raise DataError(f"{path}: array of dtype {obj.dtype}, expected uint8")
+            raise bad_file(path, f"array of dtype {obj.dtype}, expected uint8")
     elif not isinstance(obj, (str, bytes, int)) or isinstance(obj, bool):
-        raise DataError(f"{path}: unexpected {type(obj).__name__} in a CIFAR-10 batch")
+        raise bad_file(path, f"unexpected {type(obj).__name__} in a CIFAR-10 batch")
 
 
 def read_batch_file(path: Path) -> dict:
@@ -146,18 +154,16 @@ def read_batch_file(path: Path) -> dict:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
+        raise bad_file(path, f"cannot be read ({e.strerror})") from None
     try:
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except _Refused as e:
-        raise DataError(f"{path}: refused: {e}; this is not a plain CIFAR-10 batch. "
-                        "Delete it and download the dataset again.") from None
+        raise bad_file(path, f"refused: {e}; this is not a plain CIFAR-10 batch and nothing in it was run") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError) as e:
-        raise DataError(f"{path}: truncated or corrupt ({type(e).__name__}: {e}). "
-                        "Delete it and download the dataset again.") from None
+        raise bad_file(path, f"truncated or corrupt ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+        raise bad_file(path, f"expected a dict, found {type(obj).__name__}")
     _check_plain(obj, path)
     return obj
 
@@ -166,12 +172,12 @@ def _batch_arrays(batch: dict, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         shape = getattr(data, "shape", type(data).__name__)
-        raise DataError(f"{path}: 'data' has shape {shape}, expected (N, 3072) uint8")
+        raise bad_file(path, f"'data' has shape {shape}, expected (N, 3072) uint8")
     if not isinstance(labels, list) or len(labels) != data.shape[0]:
-        raise DataError(f"{path}: 'labels' must be a list of {data.shape[0]} ints")
+        raise bad_file(path, f"'labels' must be a list of {data.shape[0]} ints")
     y = torch.tensor(labels, dtype=torch.int64)
     if len(y) and (int(y.min()) < 0 or int(y.max()) > 9):
-        raise DataError(f"{path}: labels outside 0-9 (min {int(y.min())}, max {int(y.max())})")
+        raise bad_file(path, f"labels outside 0-9 (min {int(y.min())}, max {int(y.max())})")
     x = torch.from_numpy(np.ascontiguousarray(data)).view(-1, 3, 32, 32).clone()
     return x, y
 
@@ -188,12 +194,11 @@ def verify_cifar10(folder: Path, checksums: dict[str, str] = CIFAR10_MD5) -> Non
     for name, expected in checksums.items():
         path = folder / name
         if not path.is_file():
-            raise DataError(f"missing {path}. Remedy: download CIFAR-10 again "
-                            f"(delete {folder} and run with --data cifar10 and network access).")
+            raise DataError(f"missing {path}. {REMEDY}")
         actual = md5sum(path)
         if actual != expected:
             raise DataError(f"checksum mismatch for {path}: md5 {actual}, expected {expected} "
-                            f"(a partial or altered file). Remedy: delete {folder} and download again.")
+                            f"(a partial or altered file). {REMEDY}")
 
 
 def load_cifar10(folder: Path, checksums: dict[str, str] = CIFAR10_MD5) -> Cifar10Arrays:

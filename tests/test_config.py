@@ -48,6 +48,12 @@ def test_flags_override_the_preset():
     assert [(c.batch_size, c.epochs, c.seed) for c in configs] == [(8, 1, 3), (64, 1, 3)]
 
 
+def test_epochs_zero_means_throughput_only_with_one_seed():
+    configs = build_sweep(SweepRequest(preset="standard", devices=("cpu",), models=("tutorial",),
+                                       batch_sizes=(32,), precisions=("fp32",), epochs=0))
+    assert [(c.epochs, c.seed) for c in configs] == [(0, 0)]
+
+
 def test_batch_sizes_ascend_within_each_group_for_the_budget_prediction():
     configs = build_sweep(SweepRequest(preset="full", devices=("cpu",)))
     groups = {}
