@@ -48,3 +48,10 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# One prepared run for a GPU machine (no install; outputs under $OUT when set).
+gpu-check:
+	scripts/gpu-check.sh
+
+gpu-check-dry-run: $(STAMP)
+	PYTHON=$(BIN)/python scripts/gpu-check.sh --dry-run

@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=None, help="report folder (default: the first RUN_DIR)")
     report.add_argument("--margin", type=positive_float, default=1.0, help="equivalence margin, percentage points")
 
+    summ = sub.add_parser("summary", help="print the headline figures and verdicts of stored results")
+    summ.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    summ.add_argument("--margin", type=positive_float, default=1.0, help="equivalence margin, percentage points")
+
     eq = sub.add_parser("equivalence", help="accuracy equivalence verdicts; exit 1 if any pair is not equivalent")
     eq.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     eq.add_argument("--margin", type=positive_float, default=1.0, help="margin in percentage points")
@@ -329,6 +333,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from bench.report import summary_text
+    from bench.results import ResultsError
+
+    try:
+        print(summary_text(args.run_dirs, args.margin, warn=lambda m: print(f"cifar-bench: warning: {m}",
+                                                                             file=sys.stderr)))
+    except ResultsError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
 def cmd_equivalence(args: argparse.Namespace) -> int:
     from bench.equivalence import run_equivalence
     from bench.results import ResultsError
@@ -348,7 +364,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return run_perf(args)
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "equivalence": cmd_equivalence, "perf": cmd_perf}
+COMMANDS = {"run": cmd_run, "report": cmd_report, "summary": cmd_summary, "equivalence": cmd_equivalence,
+            "perf": cmd_perf}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from cnn.train import PRECISIONS
 
 DEVICES = ("cpu", "cuda")
 DATA_PATHS = ("device", "dataloader")
-PRESETS = ("quick", "standard", "full")
+PRESETS = ("quick", "standard", "full", "gpu-check")
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,9 @@ class Preset:
     model_batch_limit: dict[tuple[str, str], int] = field(default_factory=dict)
     # CPU reference runs added to a CUDA sweep, so one command yields CPU-vs-GPU results.
     cpu_reference: bool = True
+    # (model, batch_size) pairs also measured through the classic DataLoader (fp32,
+    # throughput only) on every device of the sweep, so the report shows the input cost.
+    dataloader_runs: tuple[tuple[str, int], ...] = ()
 
 
 PRESET_TABLE: dict[str, Preset] = {
@@ -143,6 +146,7 @@ PRESET_TABLE: dict[str, Preset] = {
         accuracy_runs=(("tutorial", 32),),
         accuracy_epochs=2,
         seeds=(0, 1, 2, 3),
+        dataloader_runs=(("tutorial", 32), ("tutorial", 128), ("tutorial", 512)),
     ),
     # Hours on a CPU: every model at every batch size, three seeds, longer timed loops.
     "full": Preset(
@@ -156,6 +160,21 @@ PRESET_TABLE: dict[str, Preset] = {
         accuracy_runs=(("tutorial", 4), ("tutorial", 32), ("tutorial", 128), ("tutorial-wide", 128)),
         accuracy_epochs=2,
         seeds=(0, 1, 2),
+        dataloader_runs=(("tutorial", 4), ("tutorial", 32), ("tutorial", 128), ("tutorial", 512)),
+    ),
+    # `make gpu-check`: one H100/H200 in under 8 minutes with the CPU reference runs on the
+    # machine's own CPUs. Short timed loops; the GPU needs few steps for a stable median.
+    "gpu-check": Preset(
+        name="gpu-check",
+        models=("tutorial", "tutorial-wide", "resnet18"),
+        batch_sizes={"cpu": (4, 32, 128), "cuda": (4, 16, 64, 256, 1024, 2048)},
+        precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
+        budget=dict(warmup_steps=5, warmup_seconds=0.5, min_steps=5, max_steps=200, max_seconds=0.6,
+                    max_config_seconds=12.0, eval_max_seconds=0.2),
+        accuracy_runs=(("tutorial", 32),),
+        accuracy_epochs=2,
+        seeds=(0, 1, 2, 3),
+        dataloader_runs=(("tutorial", 32), ("tutorial", 512)),
     ),
 }
 
@@ -207,31 +226,43 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
             target_accuracy=req.target_accuracy, **budget,
         ))
 
+    seeds = req.seeds or p.seeds
+    # Accuracy runs: with --epochs N every configuration trains N epochs (0: none);
+    # otherwise the preset's (model, batch size) pairs train, at every precision and seed,
+    # whether or not their batch size is in the throughput grid.
+    preset_accuracy = [] if req.epochs is not None else [(m, bs) for m, bs in p.accuracy_runs if m in models]
     for device in devices:
         kind = device.split(":")[0]
-        batch_sizes = req.batch_sizes or p.batch_sizes[kind]
+        batch_sizes = set(req.batch_sizes or p.batch_sizes[kind])
         precisions = req.precisions or p.precisions[kind]
         for model in models:
             limit = None if req.batch_sizes else p.model_batch_limit.get((kind, model))
+            sizes = {bs for bs in batch_sizes if limit is None or bs <= limit}
+            sizes |= {bs for m, bs in preset_accuracy if m == model}
             for precision in precisions:
-                for bs in sorted(batch_sizes):
-                    if limit is not None and bs > limit:
-                        continue
+                for bs in sorted(sizes):
                     for data_path in req.data_paths:
-                        # --epochs N trains every configuration (0: none); without it only the
-                        # preset's accuracy runs train
-                        accuracy = req.epochs > 0 if req.epochs is not None else (model, bs) in p.accuracy_runs
-                        if accuracy and data_path == "device":
+                        trains = (req.epochs or 0) > 0 if req.epochs is not None else (model, bs) in preset_accuracy
+                        if trains and data_path == "device":
                             epochs = req.epochs if req.epochs is not None else p.accuracy_epochs
-                            for seed in (req.seeds or p.seeds):
+                            for seed in seeds:
                                 add(device, model, bs, precision, seed, epochs, data_path)
                         else:
-                            add(device, model, bs, precision, (req.seeds or p.seeds)[0], 0, data_path)
+                            add(device, model, bs, precision, seeds[0], 0, data_path)
+    if "dataloader" not in req.data_paths and not (req.models or req.batch_sizes or req.precisions):
+        for device in devices:
+            for model, bs in p.dataloader_runs:
+                if model in models:
+                    add(device, model, bs, "fp32", seeds[0], 0, "dataloader")
     if reference_cpu:  # the CPU fp32 side of the equivalence check for a GPU-only sweep
-        for model, bs in p.accuracy_runs:
-            if model in models:
-                for seed in (req.seeds or p.seeds):
-                    add("cpu", model, bs, "fp32", seed, req.epochs or p.accuracy_epochs, "device")
+        for model, bs in preset_accuracy:
+            for seed in seeds:
+                add("cpu", model, bs, "fp32", seed, p.accuracy_epochs, "device")
+        if req.epochs:
+            for model in models:
+                for bs in sorted(set(req.batch_sizes or ())):
+                    for seed in seeds:
+                        add("cpu", model, bs, "fp32", seed, req.epochs, "device")
     return list(dict.fromkeys(configs))  # drop exact duplicates, keep order
 
 

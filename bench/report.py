@@ -176,6 +176,30 @@ def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> list[
     return lines
 
 
+def headline(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: the figures a reader wants first."""
+    rows = []
+    for model in models_in(df):
+        row: dict = {"model": model}
+        for kind, name in (("cuda", "GPU"), ("cpu", "CPU")):
+            sub = tp[(tp["device_kind"] == kind) & (tp["model"] == model)]
+            if sub.empty:
+                continue
+            best = sub.loc[sub["images_per_s"].idxmax()]
+            row[f"best {name} img/s"] = f"{best['images_per_s']:,.0f} (bs {best['batch_size']} {best['precision']})"
+            row[f"max {name} MFU"] = f"{sub['mfu'].max():.1%}" if sub["mfu"].notna().any() else ""
+            row[f"{name} AMP gain"] = amp_gain(tp, kind, model) or ""
+        s = speedups(tp, model)
+        if s is not None:
+            row["GPU/CPU speedup"] = f"{s['speedup']:.1f}x"
+            row["GPU wins from bs"] = "never" if s["wins_from"] is None else str(s["wins_from"])
+        if not eq.empty:
+            v = eq[eq["model"] == model]["verdict"].value_counts()
+            row["accuracy"] = ", ".join(f"{n} {k}" for k, n in v.items())
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
 # --------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------
@@ -450,6 +474,22 @@ def warnings_lines(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None) -> str:
+    """The headline table and the verdicts, for a terminal."""
+    df, _, _ = load_runs(run_dirs, warn)
+    if df.empty:
+        return "(no results)"
+    tp = throughput(df)
+    eq = equivalence_table(run_dirs, margin_pp, warn=warn)
+    text = headline(df, tp, eq).to_markdown(index=False)
+    counts = df["status"].value_counts()
+    text += "\n\nconfigurations: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+    if not eq.empty:
+        text += "\n" + "\n".join(f"- {r.model} bs {r.batch_size}: {r.candidate} vs {r.reference}: {r.verdict} "
+                                 f"({r.diff_pp:+.2f} pp, {r.seeds} seeds)" for r in eq.itertuples())
+    return text
+
+
 def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, margin_pp: float = 1.0,
                  warn=None) -> Path:
     """Build report.md and figures in `out` (default: the first run folder)."""
@@ -495,6 +535,8 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         "## Summary",
         "",
         *[f"- {line}" for line in summary_lines(df, tp, eq)],
+        "",
+        headline(df, tp, eq).to_markdown(index=False),
         "",
     ]
     for title, name in figures.items():

@@ -114,7 +114,7 @@ def measure_peak_tflops(device: str, precision: str, seconds: float | None = Non
     repeats). The size is large enough to be compute-bound on the device type."""
     d = torch.device(device)
     dtype = PROBE_DTYPES[precision]
-    n = 8192 if d.type == "cuda" else 1024
+    n = 8192 if d.type == "cuda" else 2048
     a = torch.randn(n, n, device=d).to(dtype)
     b = torch.randn(n, n, device=d).to(dtype)
     saved = None

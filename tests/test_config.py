@@ -58,7 +58,7 @@ def test_batch_sizes_ascend_within_each_group_for_the_budget_prediction():
     configs = build_sweep(SweepRequest(preset="full", devices=("cpu",)))
     groups = {}
     for c in configs:
-        groups.setdefault((c.model, c.precision, c.epochs, c.seed), []).append(c.batch_size)
+        groups.setdefault((c.model, c.precision, c.epochs, c.seed, c.data_path), []).append(c.batch_size)
     assert all(v == sorted(v) for v in groups.values())
 
 
