@@ -208,6 +208,7 @@ class Runner:
             if reason is not None:
                 return {**row, "status": "skipped", "reason": reason, "finished_at": timing.wall_clock()}
             device = torch.device(cfg.device)
+            self.peak(cfg.device, cfg.precision)  # probed here, outside the configuration's memory window
             monitor = system.ResourceMonitor(cfg.device)
             try:
                 with monitor, cudnn_benchmark(device, cfg.cudnn_benchmark):
