@@ -18,6 +18,7 @@ as torch.utils.benchmark does.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -185,6 +186,13 @@ def synchronized(fn: Callable[..., T], device: torch.device | str) -> Callable[.
         return result
 
     return run
+
+
+def rounds_for(seconds_per_call: float, budget: float, min_rounds: int, max_rounds: int) -> int:
+    """How many timed calls fit `budget` seconds, clamped to [min_rounds, max_rounds]."""
+    if seconds_per_call <= 0:
+        return max_rounds
+    return max(min_rounds, min(max_rounds, math.ceil(budget / seconds_per_call)))
 
 
 def time_repeated(fn: Callable[[], object], device: torch.device | str, min_repeats: int = 3,

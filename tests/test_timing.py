@@ -106,3 +106,10 @@ def test_synchronized_call_returns_after_the_kernels_finish():
     torch.cuda.synchronize()
     assert timing.synchronized(queue_a_long_kernel, "cuda")() == 7
     assert torch.cuda.current_stream().query()  # nothing left running: a host clock sees the whole call
+
+
+def test_rounds_fill_the_budget_within_bounds():
+    assert timing.rounds_for(0.1, budget=1.0, min_rounds=5, max_rounds=100) == 10
+    assert timing.rounds_for(0.3, budget=1.0, min_rounds=5, max_rounds=100) == 5  # slow calls: the minimum
+    assert timing.rounds_for(0.001, budget=1.0, min_rounds=5, max_rounds=100) == 100  # fast calls: the cap
+    assert timing.rounds_for(0.0, budget=1.0, min_rounds=5, max_rounds=100) == 100
