@@ -26,8 +26,8 @@ from bench.runner import cudnn_benchmark
 from cnn.data import DeviceBatches
 from cnn.train import evaluate, make_trainer, matmul_precision, unsupported_reason
 
-# ResNet-18 costs about 0.1 s per image and training step on a 2-core CPU: small batches there
-# keep the whole suite under 2 minutes.
+# A ResNet-18 training step costs about 20 ms per image on an idle 2-core CPU, several times that
+# when the cores are shared: small batches there keep the whole suite around a minute.
 BATCH_SIZES = {
     "cpu": {"tutorial": (4, 32, 256), "resnet18": (4, 16)},
     "cuda": {"tutorial": (4, 32, 256), "resnet18": (32, 128, 512)},
