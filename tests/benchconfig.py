@@ -84,9 +84,15 @@ def _session(config: pytest.Config):
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    # pytest-benchmark itself finds out that a gate has nothing to compare with only after
+    # running every benchmark
     bs = _session(session.config)
-    gated = bs is not None and bs.compare_fail and not (bs.skip or bs.disabled)
-    if gated and not bs.compared_mapping:
+    if bs is None or not bs.compare_fail or bs.skip or bs.disabled:
+        return
+    if not bs.compare:
+        pytest.exit("--benchmark-compare-fail needs --benchmark-compare (the saved run to compare with)",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
+    if not bs.compared_mapping:
         pytest.exit(f"no saved benchmark run in {bs.storage} to compare with; save a baseline first: "
                     "`make bench-baseline` (or `pytest tests/benchmarks --benchmark-autosave`)",
                     returncode=pytest.ExitCode.USAGE_ERROR)

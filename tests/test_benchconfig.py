@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 import benchconfig
@@ -66,3 +67,18 @@ def test_machine_info_is_static_and_names_the_software():
     assert info["cpu"] == {"brand_raw": "AMD EPYC"}  # the current clock varies from run to run
     assert info["torch"] == torch.__version__ and info["torch_threads"] == torch.get_num_threads()
     assert {"torch_cuda_build", "cudnn", "gpu_name", "gpu_count", "cpu_model"} <= set(info)
+
+
+def fake_session(**fields) -> SimpleNamespace:
+    bs = SimpleNamespace(**{**dict(compare_fail=["median:15%"], compare=True, compared_mapping={}, skip=False,
+                                   disabled=False, storage="/runs/d"), **fields})
+    return SimpleNamespace(config=SimpleNamespace(_benchmarksession=bs))
+
+
+def test_a_gate_stops_before_measuring_when_it_has_nothing_to_compare_with():
+    with pytest.raises(pytest.exit.Exception, match="no saved benchmark run in /runs/d.*make bench-baseline"):
+        benchconfig.pytest_sessionstart(fake_session())
+    with pytest.raises(pytest.exit.Exception, match="needs --benchmark-compare"):
+        benchconfig.pytest_sessionstart(fake_session(compare=[]))
+    benchconfig.pytest_sessionstart(fake_session(compared_mapping={"0001_x.json": {}}))  # a baseline: go on
+    benchconfig.pytest_sessionstart(fake_session(compare_fail=None))  # no gate: go on
