@@ -8,7 +8,7 @@ STAMP_TIME = $(shell date +%Y%m%d-%H%M%S)
 HOST = $(shell hostname)
 RUNS ?= runs
 
-.PHONY: venv test lint bench-cpu bench-gpu bench-quick bench-compare perf gpu-check clean
+.PHONY: venv test lint bench-cpu bench-gpu bench-quick bench-baseline bench-compare perf gpu-check clean
 
 # Re-created only when pyproject.toml changes; the stamp is written last, so an
 # interrupted install is retried rather than taken for done.
@@ -45,6 +45,22 @@ bench-quick: $(STAMP)
 	@run=$(RUNS)/$(HOST)-quick-$(STAMP_TIME); \
 	$(BIN)/cifar-bench run --preset quick --devices cpu --out $$run $(ARGS) && \
 	$(BIN)/cifar-bench report $$run
+
+# pytest-benchmark suite (tests/benchmarks): training step and evaluation batch per device,
+# model, batch size and precision, about 1-2 minutes on a 2-core CPU. Runs are stored per
+# machine under $(BENCH_STORAGE)/<cpu>__<gpu or cpu-only>/ (tests/benchconfig.py).
+# bench-baseline saves a run; bench-compare measures again and fails (exit 1) when a median
+# step time is more than BENCH_FAIL slower than the newest saved run. bench-compare saves
+# nothing, and without a saved run it stops at once (exit 4) and says how to save one.
+BENCH_STORAGE ?= .benchmarks
+BENCH_FAIL ?= median:15%
+BENCH_PYTEST = $(BIN)/python -m pytest tests/benchmarks --benchmark-storage=$(BENCH_STORAGE)
+
+bench-baseline: $(STAMP)
+	$(BENCH_PYTEST) --benchmark-autosave $(ARGS)
+
+bench-compare: $(STAMP)
+	$(BENCH_PYTEST) --benchmark-compare --benchmark-compare-fail=$(BENCH_FAIL) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -146,6 +146,16 @@ def training_flops_per_image(model_name: str) -> int:
     return counter.get_total_flops() // 2
 
 
+@functools.cache
+def inference_flops_per_image(model_name: str) -> int:
+    """Forward FLOPs of one image in eval mode (no backward), counted as above."""
+    model = build_model(model_name, seed=0).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    return counter.get_total_flops() // 2
+
+
 # --------------------------------------------------------------------------------------
 # Resource use during one configuration
 # --------------------------------------------------------------------------------------

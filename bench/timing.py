@@ -18,14 +18,17 @@ as torch.utils.benchmark does.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 NOISY_IQR_RATIO = 0.10
 
 
@@ -167,6 +170,29 @@ class Stopwatch:
         if exc[0] is None:
             synchronize(self.device)
         self.seconds = self.clock() - self._t0
+
+
+def synchronized(fn: Callable[..., T], device: torch.device | str) -> Callable[..., T]:
+    """`fn` followed by a synchronize of `device`, for timers that only read a host clock
+    around a call (pytest-benchmark): on CUDA the call then lasts until its kernels have
+    finished, not until they are queued. On the CPU, `fn` itself (kernels run in the call)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return fn
+
+    def run(*args: object, **kwargs: object) -> T:
+        result = fn(*args, **kwargs)
+        torch.cuda.synchronize(device)
+        return result
+
+    return run
+
+
+def rounds_for(seconds_per_call: float, budget: float, min_rounds: int, max_rounds: int) -> int:
+    """How many timed calls fit `budget` seconds, clamped to [min_rounds, max_rounds]."""
+    if seconds_per_call <= 0:
+        return max_rounds
+    return max(min_rounds, min(max_rounds, math.ceil(budget / seconds_per_call)))
 
 
 def time_repeated(fn: Callable[[], object], device: torch.device | str, min_repeats: int = 3,

@@ -7,6 +7,8 @@ import torch
 
 import cnn.data
 
+pytest_plugins = ("benchconfig",)  # pytest-benchmark settings: per-device storage, measure when asked
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from bench import timing
 from bench.timing import Deadline, Measurement, StepTimer, Stopwatch, quartiles
@@ -87,3 +88,28 @@ def test_time_repeated_runs_warmup_then_at_least_min_repeats():
     calls = []
     times = timing.time_repeated(lambda: calls.append(1), "cpu", min_repeats=4, max_seconds=0.0, warmup=2)
     assert len(times) == 4 and len(calls) == 6
+
+
+def test_synchronized_is_the_function_itself_on_the_cpu():
+    fn = lambda x: x + 1
+    assert timing.synchronized(fn, "cpu") is fn
+
+
+@pytest.mark.cuda
+def test_synchronized_call_returns_after_the_kernels_finish():
+    def queue_a_long_kernel():
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU spinning, queued asynchronously
+        return 7
+
+    queue_a_long_kernel()
+    assert not torch.cuda.current_stream().query()  # the plain call returns while the GPU still works
+    torch.cuda.synchronize()
+    assert timing.synchronized(queue_a_long_kernel, "cuda")() == 7
+    assert torch.cuda.current_stream().query()  # nothing left running: a host clock sees the whole call
+
+
+def test_rounds_fill_the_budget_within_bounds():
+    assert timing.rounds_for(0.1, budget=1.0, min_rounds=5, max_rounds=100) == 10
+    assert timing.rounds_for(0.3, budget=1.0, min_rounds=5, max_rounds=100) == 5  # slow calls: the minimum
+    assert timing.rounds_for(0.001, budget=1.0, min_rounds=5, max_rounds=100) == 100  # fast calls: the cap
+    assert timing.rounds_for(0.0, budget=1.0, min_rounds=5, max_rounds=100) == 100

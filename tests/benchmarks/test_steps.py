@@ -1,0 +1,115 @@
+"""pytest-benchmark suite: one training step (forward, backward, optimizer step) and one
+evaluation batch, per device, model, batch size and precision.
+
+`pytest --benchmark-compare` measures it and saves a baseline per machine, `make bench-compare`
+gates regressions against that baseline, and `make test` runs each case once as a smoke test
+(tests/benchconfig.py, README "Guarding your changes with pytest-benchmark").
+
+Timing: pytest-benchmark reads a host clock around each call, so on CUDA the timed call ends
+with a synchronize (`timing.synchronized`), and each round's batch is cut in `setup`, outside
+the timed region, from data already on the device. Untimed warm-up calls absorb first-call
+costs (allocations, oneDNN/cuDNN algorithm choice) and size the number of rounds to
+--benchmark-max-time (at least --benchmark-min-rounds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+from bench import system, timing
+from bench.runner import cudnn_benchmark
+from cnn.data import DeviceBatches
+from cnn.train import evaluate, make_trainer, matmul_precision, unsupported_reason
+
+# A ResNet-18 training step costs about 20 ms per image on an idle 2-core CPU, several times that
+# when the cores are shared: small batches there keep the whole suite around a minute.
+BATCH_SIZES = {
+    "cpu": {"tutorial": (4, 32, 256), "resnet18": (4, 16)},
+    "cuda": {"tutorial": (4, 32, 256), "resnet18": (32, 128, 512)},
+}
+PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")}  # fp16/tf32 are CUDA-only
+MAX_ROUNDS = 1000  # sub-millisecond GPU steps would otherwise take thousands of rounds
+
+
+def cases() -> Iterator:
+    for device, models in BATCH_SIZES.items():
+        marks = [pytest.mark.cuda] if device == "cuda" else []
+        for model, sizes in models.items():
+            for batch_size, precision in itertools.product(sizes, PRECISIONS[device]):
+                yield pytest.param(device, model, batch_size, precision, marks=marks,
+                                   id=f"{device}-{model}-b{batch_size}-{precision}")
+
+
+CASE = pytest.mark.parametrize(("device", "model", "batch_size", "precision"), list(cases()))
+
+
+@contextlib.contextmanager
+def case_trainer(device: str, model: str, batch_size: int, precision: str):
+    """The harness's trainer with the harness's device flags (TF32 per precision, cuDNN autotuning)."""
+    reason = unsupported_reason(device, precision)
+    if reason:
+        pytest.skip(reason)
+    trainer = make_trainer(model, device, precision, batch_size=batch_size, seed=0)
+    with matmul_precision(trainer.device, precision), cudnn_benchmark(trainer.device, True):
+        yield trainer
+
+
+def endless(batches: DeviceBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for epoch in itertools.count():
+        yield from batches.epoch(epoch)
+
+
+def measure(benchmark, config: pytest.Config, step: Callable, batches: Iterator, device: str, group: str):
+    """Time `step(x, y)` with benchmark.pedantic, a fresh batch per round; returns the last result."""
+
+    def setup():
+        x, y = next(batches)
+        timing.synchronize(device)  # the batch's gather is queued work: finish it before the clock starts
+        return (x, y), {}
+
+    rounds = 1  # disabled (smoke test): pedantic calls step once
+    if benchmark.enabled:
+        x, y = next(batches)
+        calls = timing.time_repeated(lambda: step(x, y), device, min_repeats=2, max_seconds=0.0, warmup=1)
+        rounds = timing.rounds_for(min(calls), float(config.getoption("benchmark_max_time")),
+                                   config.getoption("benchmark_min_rounds"), MAX_ROUNDS)
+    benchmark.group = group  # read when the timing starts
+    return benchmark.pedantic(timing.synchronized(step, device), setup=setup, rounds=rounds, warmup_rounds=1)
+
+
+def record(benchmark, kind: str, device: str, model: str, batch_size: int, precision: str, flops: Callable) -> None:
+    benchmark.extra_info.update(
+        step=kind, device=device, device_name=system.device_name(device), model=model, batch_size=batch_size,
+        precision=precision, threads=torch.get_num_threads(),
+        timer="perf_counter, CUDA synchronized at the end of each call" if device == "cuda" else "perf_counter",
+    )
+    if benchmark.enabled:
+        per_image = flops(model)
+        images_per_s = batch_size / benchmark.stats.stats.median
+        benchmark.extra_info.update(flops_per_image=per_image, images_per_s=images_per_s,
+                                    achieved_tflops=per_image * images_per_s / 1e12)
+
+
+@CASE
+def test_train_step(benchmark, pytestconfig, small_data, device, model, batch_size, precision):
+    with case_trainer(device, model, batch_size, precision) as trainer:
+        data = DeviceBatches(small_data.train_x, small_data.train_y, batch_size, device, seed=0)
+        loss = measure(benchmark, pytestconfig, trainer.step, endless(data), device,
+                       f"{device} {model} train batch {batch_size}")
+    assert torch.isfinite(loss)  # the timing of a diverged step means nothing
+    record(benchmark, "train", device, model, batch_size, precision, system.training_flops_per_image)
+
+
+@CASE
+def test_eval_batch(benchmark, pytestconfig, small_data, device, model, batch_size, precision):
+    with case_trainer(device, model, batch_size, precision) as trainer:
+        data = DeviceBatches(small_data.test_x, small_data.test_y, batch_size, device, seed=0)
+        result = measure(benchmark, pytestconfig, lambda x, y: evaluate(trainer, [(x, y)]), endless(data), device,
+                         f"{device} {model} eval batch {batch_size}")
+    assert len(result.predictions) == batch_size and 0.0 <= result.accuracy <= 1.0
+    record(benchmark, "eval", device, model, batch_size, precision, system.inference_flops_per_image)
