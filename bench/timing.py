@@ -18,6 +18,7 @@ as torch.utils.benchmark does.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -101,6 +102,16 @@ class Deadline:
         if self.steps >= self.max_steps:
             return True
         return (self.clock() if now is None else now) - self.start >= self.max_seconds
+
+
+def steps_within(step_seconds: float, min_steps: int, max_steps: int, max_seconds: float) -> int:
+    """The step count a `Deadline(min_steps, max_steps, max_seconds)` would reach at
+    `step_seconds` per step. Data-parallel loops fix their length with it before they start:
+    every rank must stop at the same step, so none may stop on its own clock."""
+    max_steps = max(max_steps, min_steps)
+    if not step_seconds > 0 or math.isinf(max_seconds):
+        return max_steps
+    return min(max_steps, max(min_steps, math.ceil(max_seconds / step_seconds)))
 
 
 class StepTimer:

@@ -87,3 +87,22 @@ def test_time_repeated_runs_warmup_then_at_least_min_repeats():
     calls = []
     times = timing.time_repeated(lambda: calls.append(1), "cpu", min_repeats=4, max_seconds=0.0, warmup=2)
     assert len(times) == 4 and len(calls) == 6
+
+
+@pytest.mark.parametrize("step,expected", [
+    (0.1, 10),    # 1 s budget / 0.1 s: the Deadline would stop after the 10th step
+    (0.3, 4),     # ceil(3.33): the step that crosses the budget still runs, as with a Deadline
+    (2.0, 3),     # slow steps: never fewer than min_steps
+    (0.001, 50),  # fast steps: never more than max_steps
+])
+def test_steps_within_matches_what_a_deadline_would_run(step, expected):
+    assert timing.steps_within(step, 3, 50, 1.0) == expected
+    d = Deadline(3, 50, 1.0, lambda: 0.0)
+    while not d.tick(now=(d.steps + 1) * step):  # StepTimer passes the reading after each step
+        pass
+    assert d.steps == expected
+
+
+def test_steps_within_without_a_time_limit_is_max_steps():
+    assert timing.steps_within(0.5, 2, 7, float("inf")) == 7
+    assert timing.steps_within(0.0, 2, 7, 1.0) == 7
