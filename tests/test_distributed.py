@@ -3,10 +3,26 @@ launch on loopback. CPU only; the subprocess tests start real torchrun jobs with
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+from bench.cli import main
+from bench.config import RunConfig
+from bench.distributed import strip_launch_flags, topology_from_env, torchrun_command, worker_env
+from bench.equivalence import equivalence_table
+from bench.results import ResultsStore, read_jsonl
+from bench.runner import Runner
 from cnn.data import DeviceBatches
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # ---- sharding ----------------------------------------------------------------------------
 
@@ -55,3 +71,184 @@ def test_a_global_batch_that_does_not_divide_is_refused():
         DeviceBatches(x, y, 10, rank=0, world_size=4)
     with pytest.raises(ValueError, match="rank 2 is outside a world of 2"):
         DeviceBatches(x, y, 1).view(batch_size=8, rank=2, world_size=2)
+
+
+# ---- launching: flags, command line, topology ------------------------------------------------
+
+def test_the_launcher_drops_only_its_own_flags():
+    argv = ["run", "--nproc", "2", "--nnodes=2", "--node-rank", "1", "--master-addr", "10.0.0.1",
+            "--master-port=29500", "--batch-sizes", "32", "--out", "x"]
+    assert strip_launch_flags(argv) == ["run", "--batch-sizes", "32", "--out", "x"]
+
+
+def test_torchrun_command_lines():
+    single = torchrun_command(["run", "--out", "x"], 2, python="py")
+    assert single == ["py", "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                      "-m", "bench", "run", "--out", "x"]
+    multi = torchrun_command(["run"], 1, 2, 1, "10.0.0.1", 29500, python="py")
+    assert multi[3:] == ["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1", "--master-addr",
+                         "10.0.0.1", "--master-port", "29500", "-m", "bench", "run"]
+
+
+def test_topology_comes_from_torchrun_environment():
+    assert topology_from_env({}) is None
+    assert topology_from_env({"WORLD_SIZE": "1", "RANK": "0"}) is None  # one process: a plain run
+    t = topology_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                           "GROUP_WORLD_SIZE": "2"})
+    assert (t.rank, t.local_rank, t.world_size, t.local_world_size, t.nodes, t.is_main) == (3, 1, 4, 2, 2, False)
+
+
+def test_workers_import_the_launchers_code():
+    env = worker_env({"PYTHONPATH": "/elsewhere"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/elsewhere"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--nproc", "0"], "could not parse value: '0'; expected a positive integer"),
+    (["run", "--nproc", "two"], "could not parse value: 'two'"),
+    (["run", "--master-port", "70000", "--nproc", "2"], "expected a TCP port 1-65535"),
+    (["run", "--node-rank", "1"], "--node-rank only apply to a launch; add --nproc"),
+    (["run", "--nnodes", "2", "--node-rank", "0"], "--nnodes 2 needs --node-rank, --master-addr and --master-port"),
+    (["run", "--nnodes", "2", "--node-rank", "2", "--master-addr", "h", "--master-port", "1234"],
+     "--node-rank 2 is out of range for --nnodes 2"),
+    (["run", "--npr", "2"], "unrecognized arguments: --npr"),  # no abbreviations: the launcher strips by name
+])
+def test_bad_launch_flags_give_one_line_and_exit_status_2(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("cifar-bench: error:") and message in err, err
+
+
+def test_launch_flags_inside_a_torchrun_job_are_refused(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["run", "--nproc", "2"]) == 2
+    assert "already runs under torchrun" in capsys.readouterr().err
+
+
+# ---- equivalence sides ----------------------------------------------------------------------
+
+def _accuracy_folder(folder: Path, world_size: int | None, correct: int) -> Path:
+    folder.mkdir()
+    store = ResultsStore(folder)
+    labels = np.arange(100) % 10
+    preds = labels.copy()
+    preds[correct:] = (preds[correct:] + 1) % 10
+    row = {"status": "ok", "model": "tutorial", "batch_size": 32, "epochs": 1, "train_size": 512, "test_size": 100,
+           "data": "synthetic", "augment": False, "data_path": "device", "host": "h", "device": "cpu",
+           "precision": "fp32", "channels_last": False, "compile": False, "threads": 1, "lr": 0.008, "seed": 0,
+           "test_accuracy": correct / 100, "predictions_file": store.save_predictions("p", preds, labels)}
+    if world_size is not None:
+        row["world_size"] = world_size
+    store.append(row)
+    return folder
+
+
+def test_an_n_process_run_is_its_own_side_and_the_one_process_run_is_the_reference(tmp_path):
+    two = _accuracy_folder(tmp_path / "two", 2, 60)
+    one = _accuracy_folder(tmp_path / "one", None, 61)  # a row from before scale-out: one process
+    table = equivalence_table([two, one])  # the 2-process folder first: still not the reference
+    assert len(table) == 1
+    r = table.iloc[0]
+    assert r["reference"].startswith("cpu fp32 t1 @h#2") and "x2" not in r["reference"]
+    assert r["candidate"].startswith("cpu fp32 t1 x2") and r["diff_pp"] == pytest.approx(-1.0)
+
+
+# ---- real torchrun jobs (2 CPU processes, gloo) ---------------------------------------------
+
+TINY = ["--preset", "quick", "--models", "tutorial", "--precisions", "fp32", "--train-size", "512",
+        "--test-size", "128", "--epochs", "1", "--data", "synthetic", "--no-progress", "--dist-timeout", "60"]
+JOB_TIMEOUT = 240  # a hung job fails the test instead of hanging CI
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def _start(cmd: list[str], **kw) -> subprocess.Popen:
+    # A session of its own, so a timeout can stop torchrun and its workers together.
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kw)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=JOB_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"job timed out after {JOB_TIMEOUT} s:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_nproc_2_runs_ddp_on_gloo_writes_results_once_and_matches_one_process(tmp_path, capsys):
+    out = tmp_path / "x2"
+    rc, log = _finish(_start([sys.executable, "-m", "bench", "run", "--nproc", "2", "--batch-sizes", "32,33",
+                              *TINY, "--out", str(out)]))
+    assert rc == 0, log[-3000:]
+    assert "--nproc-per-node 2 --standalone -m bench run" in log
+    assert log.count("[1/2]") == 1 and log.count("[2/2]") == 1  # rank 0 reports; rank 1 is quiet
+    rows = read_jsonl(out / "results.jsonl")
+    assert [(r["batch_size"], r["status"]) for r in rows] == [(32, "ok"), (33, "skipped")]  # one row each
+    assert "33 does not divide among 2 processes" in rows[1]["reason"]
+    r = rows[0]
+    assert (r["world_size"], r["backend"], r["nodes"], r["threads"]) == (2, "gloo", 1, 1)
+    assert len(r["rank_step_ms_median"]) == 2 and r["step_ms_median"] == pytest.approx(max(r["rank_step_ms_median"]))
+    assert r["train_images_per_s"] == pytest.approx(32 / (r["step_ms_median"] / 1e3))
+    assert 0 <= r["comm_share"] <= 1 and r["step_ms_no_sync"] > 0
+    assert r["timed_steps"] == len(r["step_samples_s"]) >= 3 and r["warmup_steps"] >= 2
+    assert 0 <= r["test_accuracy"] <= 1
+    # only rank 0 wrote, once: nothing else in the folder, one predictions file
+    assert {p.name for p in out.iterdir()} == {".lock", "results.jsonl", "results.csv", "sweep.json", "system.json",
+                                                "predictions"}
+    assert [p.name for p in (out / "predictions").iterdir()] == [f"{r['config_id']}.npz"]
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 3
+
+    # the same configuration in one process: the equivalence check pairs it with the 2-process run
+    one = tmp_path / "x1"
+    Runner(one, data_kind="synthetic", log=lambda m: None, progress=False, probe_seconds=0.02).run(
+        [RunConfig.from_dict(r["config"])])
+    table = equivalence_table([one, out])
+    assert list(table["candidate"].str.contains("x2")) == [True]
+    # Same weights, same global batches, gradients averaged over equal shards: the tutorial Net
+    # (no BatchNorm) ends where the one-process run does, up to summation order.
+    assert table.iloc[0]["agreement"] >= 0.97 and abs(table.iloc[0]["diff_pp"]) <= 3
+
+    assert main(["report", str(one), str(out), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Scaling out (data parallel)" in text and (tmp_path / "report" / "scaling.png").exists()
+
+
+def test_two_nodes_on_loopback_complete_and_only_node_0_writes(tmp_path):
+    port = _free_port()
+    node_out = [tmp_path / "node0", tmp_path / "node1"]
+    procs = [_start([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+                     "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                     "-m", "bench", "run", "--batch-sizes", "32", "--threads", "1", *TINY,
+                     "--out", str(node_out[rank])])
+             for rank in (0, 1)]
+    results = [_finish(p) for p in procs]
+    for rc, log in results:
+        assert rc == 0, log[-3000:]
+    rows = read_jsonl(node_out[0] / "results.jsonl")
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert (rows[0]["world_size"], rows[0]["nodes"], rows[0]["backend"]) == (2, 2, "gloo")
+    assert not node_out[1].exists()  # node 1's rank wrote nothing, not even its --out folder
+
+
+@pytest.mark.cuda
+def test_two_gpus_with_nccl(tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    out = tmp_path / "cuda-x2"
+    rc, log = _finish(_start([sys.executable, "-m", "bench", "run", "--nproc", "2", "--devices", "cuda",
+                              "--batch-sizes", "64", *TINY, "--out", str(out)]))
+    assert rc == 0, log[-3000:]
+    rows = read_jsonl(out / "results.jsonl")
+    assert [(r["status"], r["world_size"], r["backend"]) for r in rows] == [("ok", 2, "nccl")]
