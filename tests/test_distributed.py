@@ -242,6 +242,36 @@ def test_two_nodes_on_loopback_complete_and_only_node_0_writes(tmp_path):
     assert not node_out[1].exists()  # node 1's rank wrote nothing, not even its --out folder
 
 
+STUCK_RANK = """
+import os, time
+if os.environ.get("RANK") == "1":  # rank 1 stops answering in the middle of the timed loop
+    import cnn.train
+    real, calls = cnn.train.Trainer.step, [0]
+    def step(self, x, y):
+        calls[0] += 1
+        if calls[0] == 4:
+            time.sleep(600)
+        return real(self, x, y)
+    cnn.train.Trainer.step = step
+"""
+
+
+def test_a_stuck_rank_fails_the_job_after_the_timeout_instead_of_hanging(tmp_path):
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(STUCK_RANK)  # imported at start-up by every worker
+    out = tmp_path / "stuck"
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(inject), str(ROOT)])}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--nproc", "2", "--batch-sizes", "32", *TINY,
+                             "--dist-timeout", "8", "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    rc, log = _finish(proc)
+    assert rc != 0 and "Timed out" in log, log[-3000:]
+    # rank 0 recorded the configuration as failed before the job stopped; --resume will skip it
+    rows = read_jsonl(out / "results.jsonl")
+    assert [r["status"] for r in rows] == ["failed"] and "Timed out" in rows[0]["reason"]
+
+
 @pytest.mark.cuda
 def test_two_gpus_with_nccl(tmp_path):
     if torch.cuda.device_count() < 2:
