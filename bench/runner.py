@@ -257,7 +257,8 @@ class Runner:
                         self.store.append(e.row)
                         say(f"[{i}/{len(configs)}] {summary_line(e.row)}")
                     raise RankFailed(f"rank {self.dist.rank}: {cfg.label()}: {e.row['reason']}; the job stops "
-                                     "because the ranks can no longer stay in step") from None
+                                     "because the ranks can no longer stay in step (a rank that waits longer than "
+                                     "--dist-timeout for the others fails this way too)") from None
                 if self.main:
                     self.store.append(row)
                     say(f"[{i}/{len(configs)}] {summary_line(row)}")

@@ -73,6 +73,38 @@ def test_a_global_batch_that_does_not_divide_is_refused():
         DeviceBatches(x, y, 1).view(batch_size=8, rank=2, world_size=2)
 
 
+# ---- the trainer under DDP (a one-process gloo group, in this process) ----------------------
+
+@pytest.fixture
+def gloo_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_ddp_trainer_trains_resets_to_the_seed_and_evaluates_unwrapped(gloo_group, small_data):
+    from cnn.models import build_model
+    from cnn.train import evaluate, make_trainer, train_epoch
+
+    trainer = make_trainer("tutorial", "cpu", batch_size=32, seed=5, process_group=gloo_group)
+    assert trainer.distributed and trainer.module is trainer.model.module
+    batches = DeviceBatches(small_data.train_x[:256], small_data.train_y[:256], 32, rank=0, world_size=1)
+    loss = train_epoch(trainer, batches.epoch(0)).mean_loss
+    assert 0 < loss < 10
+    initial = build_model("tutorial", seed=5).state_dict()
+    assert any(not torch.equal(v, initial[k]) for k, v in trainer.module.state_dict().items())
+    trainer.reset(5)
+    assert all(torch.equal(v, initial[k]) for k, v in trainer.module.state_dict().items())
+    assert {id(p) for g in trainer.optimizer.param_groups for p in g["params"]} == \
+        {id(p) for p in trainer.model.parameters()}  # the fresh optimizer steps DDP's parameters
+    test = DeviceBatches(small_data.test_x[:64], small_data.test_y[:64], 32, shuffle=False)
+    assert evaluate(trainer, test).predictions.shape == (64,)
+
+
 # ---- launching: flags, command line, topology ------------------------------------------------
 
 def test_the_launcher_drops_only_its_own_flags():
