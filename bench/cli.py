@@ -422,6 +422,11 @@ def _run_worker(args: argparse.Namespace, topo, configs: list, out: Path) -> int
         except RankFailed as e:
             print(f"cifar-bench: error: {e}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # every process gets the Ctrl-C; rank 0 says how to go on
+            if dist.is_main:
+                print(f"\ncifar-bench: interrupted. Finished configurations are saved in {runner.store.jsonl}; "
+                      "continue with the same command and --resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if dist.is_main:
             print(results_table(to_frame(runner.store.load())))
             n_ok = sum(r.get("status") == "ok" for r in rows)

@@ -88,43 +88,56 @@ def scaling_markdown(table: pd.DataFrame) -> str:
 
 
 def fig_scaling(df: pd.DataFrame, out: Path) -> str | None:
-    """Left: global images/s vs processes (a one-process run with other threads, e.g. all
-    cores, is a dashed reference line). Right: efficiency (solid) and the ratio to one
-    process on the same cores (dashed), in percent."""
+    """One column per model. Top: global images/s vs processes, one colour per global batch
+    (a one-process run with other threads, e.g. all cores, is a dashed level in that
+    colour). Bottom: efficiency (solid) and the ratio to one process on the same cores
+    (dashed squares), in percent."""
     table = scaling_table(df)
     if table.empty:
         return None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 8), squeeze=False)
     sizes = sorted(int(n) for n in table["world_size"].unique())
-    for key, s in table.groupby([*SCALING_KEYS, "threads_per_process"], dropna=False):
-        s = s.sort_values("world_size")
-        threads = key[-1]
-        what = f"{key[0]} {key[2]} {key[3]} global bs {key[4]}"
-        per_proc = f", {int(threads)} thread(s)/process" if threads == threads and threads is not None else ""
-        if s["world_size"].max() <= 1:  # a one-process run nothing scales from: a reference level
-            ax1.axhline(s["images_per_s"].iloc[0], linestyle="--", linewidth=1, color="grey",
-                        label=f"{what}: 1 process{per_proc.replace('/process', '')}")
-            continue
-        line, = ax1.plot(s["world_size"], s["images_per_s"], marker="o", label=what + per_proc)
-        eff = s.dropna(subset=["efficiency"])
-        if not eff.empty:
-            ax2.plot(eff["world_size"], 100 * eff["efficiency"], marker="o", color=line.get_color(),
-                     label=f"{what}{per_proc}: efficiency")
-        same = s.dropna(subset=["vs_one_process_same_cores"])
-        if not same.empty:
-            ax2.plot(same["world_size"], 100 * same["vs_one_process_same_cores"], linestyle="--", marker="s",
-                     color=line.get_color(), label=f"{what}{per_proc}: vs 1 process on the same cores")
-    ax1.set_ylabel("global training throughput (images/s)")
-    ax2.set_ylabel("percent (100 = ideal / on par)")
-    ax2.axhline(100, color="black", linewidth=1)
-    for ax in (ax1, ax2):
-        ax.set_xlabel("processes (world size)")
-        ax.set_xticks(sizes)
-        ax.set_xlim(min(sizes) - 0.3, max(sizes) + 0.3)
-        ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
-    ax2.set_title("efficiency = ips(N) / (N x ips(1)); dashed: ips(N) / ips(1 process, all N's cores)", fontsize=8)
+    several = table["device_key"].nunique() > 1 or table["precision"].nunique() > 1
+    for col, model in enumerate(models):
+        top, bottom = axes[0][col], axes[1][col]
+        sub = table[table["model"] == model]
+        colours = {}
+        for key, s in sub.groupby([*SCALING_KEYS, "threads_per_process"], dropna=False):
+            s = s.sort_values("world_size")
+            group = key[:-1]
+            if group not in colours:
+                colours[group] = f"C{len(colours) % 10}"
+            colour = colours[group]
+            threads = key[-1]
+            what = (f"{key[0]} {key[3]} " if several else "") + f"bs {key[4]}"
+            per_proc = f", {int(threads)} thr/proc" if threads == threads and threads is not None else ""
+            if s["world_size"].max() <= 1:  # a one-process run nothing scales from: a reference level
+                top.axhline(s["images_per_s"].iloc[0], linestyle="--", linewidth=1, color=colour,
+                            label=f"{what}: 1 process, {int(threads)} threads" if per_proc else f"{what}: 1 process")
+                continue
+            top.plot(s["world_size"], s["images_per_s"], marker="o", color=colour, label=what + per_proc)
+            eff = s.dropna(subset=["efficiency"])
+            if not eff.empty:
+                bottom.plot(eff["world_size"], 100 * eff["efficiency"], marker="o", color=colour,
+                            label=f"{what}{per_proc}: efficiency")
+            same = s.dropna(subset=["vs_one_process_same_cores"])
+            if not same.empty:
+                bottom.plot(same["world_size"], 100 * same["vs_one_process_same_cores"], linestyle="none",
+                            marker="s", markerfacecolor="none", markersize=8, color=colour,
+                            label=f"{what}{per_proc}: vs 1 process on the same cores")
+        top.set_title(model)
+        top.set_ylabel("global training throughput (images/s)")
+        bottom.set_ylabel("percent: efficiency = ips(N) / (N x ips(1));\nsquares: ips(N) / ips(1 process, same cores)",
+                          fontsize=8)
+        bottom.axhline(100, color="black", linewidth=1)
+        for ax in (top, bottom):
+            ax.set_xlabel("processes (world size)")
+            ax.set_xticks(sizes)
+            ax.set_xlim(min(sizes) - 0.3, max(sizes) + 0.3)
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=6)
     fig.suptitle("Data-parallel scaling (DistributedDataParallel) at equal global batch; 1 process = no DDP")
     fig.tight_layout()
     fig.savefig(out / "scaling.png", dpi=110)

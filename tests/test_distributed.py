@@ -186,6 +186,32 @@ def test_an_n_process_run_is_its_own_side_and_the_one_process_run_is_the_referen
     assert r["candidate"].startswith("cpu fp32 t1 x2") and r["diff_pp"] == pytest.approx(-1.0)
 
 
+# ---- scaling efficiency, by hand ------------------------------------------------------------
+
+def test_scaling_efficiency_and_same_cores_ratio_by_hand():
+    import pandas as pd
+
+    from bench.scaling import scaling_table
+
+    def row(kind, world, threads, ips, comm=None):
+        return {"device_key": kind, "device_kind": kind, "model": "tutorial", "precision": "fp32", "batch_size": 128,
+                "channels_last": False, "compile": False, "status": "ok", "data_path": "device",
+                "world_size": world, "nodes": 1, "threads": threads, "train_images_per_s": ips,
+                "step_ms_median": 128e3 / ips, "comm_share": comm}
+
+    df = pd.DataFrame([row("cpu", 1, 1, 100.0), row("cpu", 1, 2, 180.0), row("cpu", 2, 1, 150.0, 0.2),
+                       row("cuda", 1, 8, 1000.0), row("cuda", 4, 1, 3600.0, 0.1)])
+    t = scaling_table(df).set_index(["device_kind", "world_size", "threads_per_process"], drop=False)
+    cpu2 = t.loc[("cpu", 2, 1)]
+    assert cpu2["efficiency"] == pytest.approx(150 / (2 * 100))  # against 1 process x 1 thread
+    assert cpu2["vs_one_process_same_cores"] == pytest.approx(150 / 180)  # against 1 process x 2 threads
+    assert cpu2["comm_share"] == pytest.approx(0.2)
+    cuda4 = t[(t["device_kind"] == "cuda") & (t["world_size"] == 4)].iloc[0]
+    assert cuda4["efficiency"] == pytest.approx(3600 / (4 * 1000))  # host threads do not matter on a GPU
+    assert np.isnan(cuda4["vs_one_process_same_cores"])
+    assert scaling_table(df[df["world_size"] == 1]).empty  # nothing scaled: no table
+
+
 # ---- real torchrun jobs (2 CPU processes, gloo) ---------------------------------------------
 
 TINY = ["--preset", "quick", "--models", "tutorial", "--precisions", "fp32", "--train-size", "512",
