@@ -137,7 +137,11 @@ def fig_scaling(df: pd.DataFrame, out: Path) -> str | None:
             ax.set_xlim(min(sizes) - 0.3, max(sizes) + 0.3)
             ax.set_ylim(bottom=0)
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
+        if not bottom.get_lines()[1:]:  # only the 100% line: no baseline was given
+            bottom.text(0.5, 0.5, "no one-process run of these configurations\nin the run folders given",
+                        transform=bottom.transAxes, ha="center", va="center")
     fig.suptitle("Data-parallel scaling (DistributedDataParallel) at equal global batch; 1 process = no DDP")
     fig.tight_layout()
     fig.savefig(out / "scaling.png", dpi=110)
