@@ -8,7 +8,8 @@ STAMP_TIME = $(shell date +%Y%m%d-%H%M%S)
 HOST = $(shell hostname)
 RUNS ?= runs
 
-.PHONY: venv test lint bench-cpu bench-gpu bench-quick bench-baseline bench-compare perf gpu-check clean
+.PHONY: venv test lint bench-cpu bench-gpu bench-quick bench-scaling bench-baseline bench-compare perf gpu-check \
+	gpu-check-dry-run clean
 
 # Re-created only when pyproject.toml changes; the stamp is written last, so an
 # interrupted install is retried rather than taken for done.
@@ -61,6 +62,19 @@ bench-baseline: $(STAMP)
 
 bench-compare: $(STAMP)
 	$(BENCH_PYTEST) --benchmark-compare --benchmark-compare-fail=$(BENCH_FAIL) $(ARGS)
+
+# Data-parallel scaling on this machine (CPU; add ARGS="--devices cuda" on a GPU server):
+# one process with 1 thread and with torch's default threads, then NPROC processes through
+# torchrun, and one report with the scaling figure and table.
+NPROC ?= 2
+SCALING_ARGS = --preset standard --models tutorial,tutorial-wide --batch-sizes 32,128,512 --precisions fp32 \
+	--seed 0 --epochs 0
+bench-scaling: $(STAMP)
+	@run=$(RUNS)/$(HOST)-scaling-$(STAMP_TIME); \
+	$(BIN)/cifar-bench run $(SCALING_ARGS) --threads 1 --out $$run/p1-t1 $(ARGS) && \
+	$(BIN)/cifar-bench run $(SCALING_ARGS) --out $$run/p1 $(ARGS) && \
+	$(BIN)/cifar-bench run $(SCALING_ARGS) --nproc $(NPROC) --out $$run/p$(NPROC) $(ARGS) && \
+	$(BIN)/cifar-bench report $$run/p1-t1 $$run/p1 $$run/p$(NPROC) --out $$run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,6 +2,10 @@
 
 Input is validated here, at the edge: a bad value ends the command with one line naming
 the value and what was expected, and exit status 2 (no traceback).
+
+`run --nproc N` (and `--nnodes` ...) validates the arguments, then re-executes the same
+command through torchrun (`python -m torch.distributed.run ... -m bench run ...`) without
+the launch flags; each worker finds itself in a torchrun job from the environment.
 """
 
 from __future__ import annotations
@@ -129,6 +133,16 @@ def _is_device(p: str) -> bool:
         return False
 
 
+def port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise _bad(value, "a TCP port 1-65535") from None
+    if not 0 < n < 65536:
+        raise _bad(value, "a TCP port 1-65535")
+    return n
+
+
 def parse_seeds(value: str) -> tuple:
     """`3` means three seeds (0, 1, 2 from --seed); `0,5,7` is a list."""
     if "," in value:
@@ -147,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cifar-bench", description="CPU-versus-GPU training benchmark on CIFAR-10.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run a sweep and record results",
+    # No abbreviations: the launcher removes its own flags from the command line by name.
+    run = sub.add_parser("run", help="run a sweep and record results", allow_abbrev=False,
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                          description="Run a sweep of configurations (device x model x batch size x "
                                      "precision) and write results.jsonl, results.csv and system.json.")
@@ -192,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<host>-<devices>-<time>)")
     run.add_argument("--resume", action="store_true", help="continue the sweep recorded in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    scale = run.add_argument_group("scaling out (torch.distributed, DDP, launched through torchrun)")
+    scale.add_argument("--nproc", type=positive_int, default=None,
+                       help="processes per node (one per GPU on CUDA); re-runs this command through torchrun. "
+                            "--batch-sizes stay global: each process steps on batch / processes")
+    scale.add_argument("--nnodes", type=positive_int, default=None, help="machines in the job (torchrun --nnodes)")
+    scale.add_argument("--node-rank", type=non_negative_int, default=None,
+                       help="this machine's index, 0 .. nnodes-1 (node 0 writes the results)")
+    scale.add_argument("--master-addr", default=None, help="address of node 0, reachable from every node")
+    scale.add_argument("--master-port", type=port, default=None, help="a free TCP port on node 0")
+    scale.add_argument("--dist-timeout", type=positive_float, default=600.0,
+                       help="seconds any process waits for the others before the job fails (instead of hanging)")
 
     report = sub.add_parser("report", help="write report.md and figures from stored results")
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
@@ -241,21 +267,77 @@ def _check_devices(devices: Sequence[str]) -> None:
                 raise UsageError(f"device {d!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
-def _default_out(devices: Sequence[str]) -> Path:
+def _default_out(devices: Sequence[str], world_size: int = 1) -> Path:
     import socket
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{socket.gethostname()}-{'-'.join(d.replace(':', '') for d in devices)}-{stamp}"
+    procs = f"-x{world_size}" if world_size > 1 else ""
+    return Path("runs") / f"{socket.gethostname()}-{'-'.join(d.replace(':', '') for d in devices)}{procs}-{stamp}"
+
+
+def _check_launch(args: argparse.Namespace, topo) -> bool:
+    """Validate the scale-out flags; True when this command is to launch torchrun."""
+    launch = args.nproc is not None or args.nnodes is not None
+    if topo is not None and launch:
+        raise UsageError("--nproc/--nnodes launch torchrun, but this process already runs under torchrun "
+                         f"(WORLD_SIZE={topo.world_size}); drop them or launch with plain `cifar-bench run --nproc N`")
+    given = [f for f, v in (("--node-rank", args.node_rank), ("--master-addr", args.master_addr),
+                            ("--master-port", args.master_port)) if v is not None]
+    if given and not launch:
+        raise UsageError(f"{', '.join(given)} only apply to a launch; add --nproc N (processes per node) "
+                         "and/or --nnodes N")
+    nnodes = args.nnodes or 1
+    if nnodes > 1 and (args.master_addr is None or args.master_port is None or args.node_rank is None):
+        raise UsageError(f"--nnodes {nnodes} needs --node-rank, --master-addr and --master-port on every node "
+                         "(node 0's address and a free port on it)")
+    if args.node_rank is not None and args.node_rank >= nnodes:
+        raise UsageError(f"--node-rank {args.node_rank} is out of range for --nnodes {nnodes}; "
+                         f"expected 0 to {nnodes - 1}")
+    if launch and any(d.startswith("cuda") for d in args.devices):
+        import torch
+
+        if (args.nproc or 1) > torch.cuda.device_count():
+            raise UsageError(f"--nproc {args.nproc} is more than this machine's {torch.cuda.device_count()} GPU(s); "
+                             "CUDA runs use one GPU per process")
+    return launch
+
+
+def launch_torchrun(args: argparse.Namespace, out: Path) -> int:
+    """Re-run this command through torchrun; the workers write into `out`."""
+    import shlex
+    import subprocess
+
+    from bench.distributed import strip_launch_flags, torchrun_command, worker_env
+
+    worker_argv = strip_launch_flags(args.argv)
+    if args.out is None:  # fixed here, so that it is known before the workers start
+        worker_argv += ["--out", str(out)]
+    nproc, nnodes = args.nproc or 1, args.nnodes or 1
+    cmd = torchrun_command(worker_argv, nproc, nnodes, args.node_rank or 0, args.master_addr, args.master_port)
+    print(f"cifar-bench: {nproc} process(es) x {nnodes} node(s) through torchrun: {shlex.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, env=worker_env())
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C; let torchrun stop them
+        proc.wait()
+        return EXIT_INTERRUPTED
+    if rc != 0:
+        print(f"cifar-bench: error: torchrun exited with status {rc}; the workers' messages are above. "
+              f"Finished configurations are in {out}", file=sys.stderr)
+    return rc
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     import json
 
+    from bench import distributed
     from bench.config import RunConfig, SweepRequest, build_sweep
     from bench.results import to_frame
-    from bench.runner import RunFolderError, Runner
+    from bench.runner import RunFolderError, Runner, check_run_folder
     from cnn.data import DataError
 
+    topo = distributed.topology_from_env()
+    launch = _check_launch(args, topo)
     _check_devices(args.devices)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, expected a folder")
@@ -263,7 +345,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --out RUN_DIR (the folder of the sweep to continue)")
     grid_given = any(v is not None for v in (args.models, args.batch_sizes, args.precisions, args.epochs,
                                              args.seeds, args.seed, args.threads))
-    out = args.out or _default_out(args.devices)
+    world = (args.nproc or 1) * (args.nnodes or 1) if launch else (topo.world_size if topo else 1)
+    out = args.out or _default_out(args.devices, world)
     if args.resume and not grid_given and (out / "sweep.json").exists():
         configs = [RunConfig.from_dict(d) for d in json.loads((out / "sweep.json").read_text())]
     else:
@@ -287,9 +370,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             augment={"auto": None, "on": True, "off": False}[args.augment], data_paths=args.data_paths,
             train_size=args.train_size, test_size=args.test_size,
             target_accuracy=args.target_accuracy, budget=budget,
-            cpu_reference=False if args.no_cpu_reference else None,
+            # A scale-out sweep is compared with a one-process run folder; CPU reference runs
+            # spread over the GPU job's processes would only cost time.
+            cpu_reference=False if args.no_cpu_reference or world > 1 else None,
         )
         configs = build_sweep(req)
+    if launch:
+        if (args.node_rank or 0) == 0:  # the folder lives on node 0: refuse early, in one line
+            try:
+                check_run_folder(out, args.resume)
+            except RunFolderError as e:
+                raise UsageError(str(e)) from None
+        return launch_torchrun(args, out)
+    if topo is not None:
+        return _run_worker(args, topo, configs, out)
     print(f"cifar-bench: {len(configs)} configurations -> {out}", flush=True)
     runner = Runner(out, data_kind=args.data, data_dir=args.data_dir,
                     log=lambda m: print(m, flush=True), progress=False if args.no_progress else None)
@@ -311,11 +405,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_worker(args: argparse.Namespace, topo, configs: list, out: Path) -> int:
+    """One process of a torchrun job. Rank 0 prints and writes; the others stay quiet
+    unless they fail."""
+    from bench.distributed import Distributed, RankFailed
+    from bench.results import to_frame
+    from bench.runner import RunFolderError, Runner
+    from cnn.data import DataError
+
+    cuda = any(d.startswith("cuda") for d in args.devices)
+    dist = Distributed(topo, cuda=cuda, timeout_s=args.dist_timeout)
+    try:
+        if dist.is_main:
+            print(f"cifar-bench: {len(configs)} configurations -> {out} ({topo.world_size} processes on "
+                  f"{topo.nodes} node(s), {dist.backend})", flush=True)
+        runner = Runner(out, data_kind=args.data, data_dir=args.data_dir, log=lambda m: print(m, flush=True),
+                        progress=False if args.no_progress else None, dist=dist)
+        started = time.perf_counter()
+        try:
+            rows = runner.run(configs, resume=args.resume)
+        except (RunFolderError, DataError) as e:
+            if dist.is_main:
+                raise UsageError(str(e)) from None
+            return EXIT_USAGE  # rank 0 says why
+        except RankFailed as e:
+            print(f"cifar-bench: error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:  # every process gets the Ctrl-C; rank 0 says how to go on
+            if dist.is_main:
+                print(f"\ncifar-bench: interrupted. Finished configurations are saved in {runner.store.jsonl}; "
+                      "continue with the same command and --resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if dist.is_main:
+            print(results_table(to_frame(runner.store.load())))
+            n_ok = sum(r.get("status") == "ok" for r in rows)
+            print(f"cifar-bench: {len(rows)} configurations run ({n_ok} ok) on {topo.world_size} processes in "
+                  f"{time.perf_counter() - started:.0f} s; results in {out}")
+        return 0
+    finally:
+        dist.close()
+
+
 def results_table(frame) -> str:
     if frame.empty:
         return "(no results)"
     cols = ["device", "model", "batch_size", "precision", "seed", "status", "train_images_per_s",
             "step_ms_median", "step_ms_iqr", "eval_images_per_s", "test_accuracy", "mfu", "peak_memory_mb"]
+    if (frame["world_size"].fillna(1) > 1).any():
+        cols[cols.index("status"):cols.index("status")] = ["world_size", "backend"]
     view = frame[cols].copy()
     return view.to_markdown(index=False, floatfmt=".4g")
 
@@ -369,8 +506,10 @@ COMMANDS = {"run": cmd_run, "report": cmd_report, "summary": cmd_summary, "equiv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv  # what a launched worker re-runs, less the launch flags
         return COMMANDS[args.command](args)
     except UsageError as e:
         print(f"cifar-bench: error: {e}", file=sys.stderr)

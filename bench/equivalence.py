@@ -3,10 +3,13 @@
 Pairing: runs are grouped by what must match for a fair comparison (model, batch size,
 epochs, data and its sizes, augmentation, input path). Within a group each *side* is one
 way of running it (run folder, host, device, precision, layout, compile, threads, learning
-rate). The reference side is the first CPU fp32 side in the order the run folders were
-given (else the first CUDA fp32 side); every other side is compared against it, seed by
-seed: the two runs of one seed started from identical weights and saw identical batches,
-so their differences come from arithmetic alone.
+rate, processes). The reference side is the first one-process CPU fp32 side in the order
+the run folders were given (else the first CPU fp32 side, else the first CUDA fp32 side);
+every other side is compared against it, seed by seed: the two runs of one seed started
+from identical weights and saw identical batches, so their differences come from
+arithmetic alone. `batch_size` is the global batch, so an N-process data-parallel run
+(label "x N") pairs with the one-process run at the same global batch: its ranks' shards
+of each step are exactly the one-process batch, and DDP averages their gradients.
 
 Per pair and seed: both accuracies, the agreement rate of per-example predictions, and
 McNemar's exact test on the discordant examples. Across seeds: the paired accuracy
@@ -33,7 +36,7 @@ from scipy import stats
 from bench.results import load_predictions, load_run
 
 GROUP_KEYS = ("model", "batch_size", "epochs", "train_size", "test_size", "data", "augment", "data_path")
-SIDE_KEYS = ("run_index", "host", "device", "precision", "channels_last", "compile", "threads", "lr")
+SIDE_KEYS = ("run_index", "host", "device", "precision", "channels_last", "compile", "threads", "lr", "world_size")
 VERDICTS = ("equivalent", "not equivalent", "inconclusive")
 
 
@@ -124,6 +127,8 @@ def _side_label(side: dict, multi_run: bool, ref: dict | None = None) -> str:
     if side.get("compile"):
         text += " compiled"
     text += f" t{side['threads']}"
+    if (side.get("world_size") or 1) > 1:
+        text += f" x{side['world_size']}"
     if ref is not None and side.get("lr") != ref.get("lr"):
         text += f" lr={side['lr']:g}"
     if multi_run:
@@ -138,7 +143,8 @@ def accuracy_rows(run_dirs: Sequence[Path | str], warn=None) -> list[dict]:
         _, raw, _ = load_run(folder, warn)
         for r in raw:
             if r.get("status") == "ok" and (r.get("epochs") or 0) > 0 and r.get("test_accuracy") is not None:
-                rows.append({**r, "run_index": i, "run_dir": str(folder)})
+                # rows from before scale-out have no world_size: one process
+                rows.append({**r, "world_size": r.get("world_size") or 1, "run_index": i, "run_dir": str(folder)})
     return rows
 
 
@@ -156,7 +162,9 @@ def equivalence_table(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, al
         for r in members:
             sides.setdefault(tuple(r.get(k) for k in SIDE_KEYS), []).append(r)
         order = sorted(sides, key=lambda s: (s[0], s[2] != "cpu", s[3] != "fp32", str(s)))
-        ref_key = next((s for s in order if s[2] == "cpu" and s[3] == "fp32"), None) or \
+        ws = SIDE_KEYS.index("world_size")
+        ref_key = next((s for s in order if s[2] == "cpu" and s[3] == "fp32" and s[ws] == 1), None) or \
+            next((s for s in order if s[2] == "cpu" and s[3] == "fp32"), None) or \
             next((s for s in order if str(s[2]).startswith("cuda") and s[3] == "fp32"), None)
         if ref_key is None:
             continue

@@ -47,6 +47,7 @@ def load_runs(run_dirs: Sequence[Path | str], warn=None) -> tuple[pd.DataFrame, 
         systems.append({**system, "run_dir": str(folder)})
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if not df.empty:
+        df["world_size"] = df["world_size"].fillna(1).astype(int)  # older runs: one process
         df["device_kind"] = df["device"].astype(str).str.split(":").str[0]
         names = df["device_name"].fillna("").astype(str)
         df["device_key"] = df["device_kind"] + " · " + names.where(names != "", "unknown")
@@ -66,8 +67,9 @@ def device_colours(df: pd.DataFrame) -> dict[str, str]:
 
 
 def throughput(df: pd.DataFrame) -> pd.DataFrame:
-    """Median over seeds of each ok configuration's metrics, device input path, no compile."""
-    ok = df[(df["status"] == "ok") & (df["data_path"] == "device")]
+    """Median over seeds of each ok one-process configuration's metrics, device input path
+    (data-parallel runs have their own section: bench.scaling)."""
+    ok = df[(df["status"] == "ok") & (df["data_path"] == "device") & (df["world_size"] == 1)]
     if ok.empty:
         return ok
     keys = ["device_key", "device_kind", "model", "precision", "batch_size", "channels_last", "compile"]
@@ -304,7 +306,7 @@ def fig_epoch_time(df: pd.DataFrame, tp: pd.DataFrame, colours: dict, out: Path)
         return None
     tp = tp.assign(projected=EPOCH_IMAGES / tp["images_per_s"])
     measured = df[(df["status"] == "ok") & (df["epochs"].fillna(0) > 0) & df["epoch_seconds"].notna()
-                  & (df["data_path"] == "device")]
+                  & (df["data_path"] == "device") & (df["world_size"] == 1)]
     models = models_in(tp)
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
@@ -338,7 +340,7 @@ def fig_accuracy(df: pd.DataFrame, colours: dict, out: Path) -> str | None:
     groups = list(acc.groupby(["model", "batch_size"]))
     fig, axes = _panels(len(groups))
     for ax, ((model, bs), g) in zip(axes, groups):
-        for (dkey, prec), s in g.groupby(["device_key", "precision"]):
+        for (dkey, prec, world), s in g.groupby(["device_key", "precision", "world_size"]):
             curves = [c for c in s["accuracy_curve"] if c]
             n = min(len(c) for c in curves)
             arr = 100 * np.array([c[:n] for c in curves])
@@ -347,7 +349,8 @@ def fig_accuracy(df: pd.DataFrame, colours: dict, out: Path) -> str | None:
             for c in arr:
                 ax.plot(epochs, c, PRECISION_STYLE.get(prec, "-"), color=colour, alpha=0.3, linewidth=0.8)
             ax.plot(epochs, arr.mean(axis=0), PRECISION_STYLE.get(prec, "-"), color=colour, linewidth=2,
-                    marker=PRECISION_MARKER.get(prec, "o"), label=f"{dkey} {prec} (mean of {len(arr)} seeds)")
+                    marker=PRECISION_MARKER.get(prec, "o"),
+                    label=f"{dkey} {prec}{f' x{world} processes' if world > 1 else ''} (mean of {len(arr)} seeds)")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{model}, batch {bs}, data: {', '.join(sorted(set(g['data'].dropna())))}")
@@ -392,13 +395,13 @@ def fig_data_paths(df: pd.DataFrame, colours: dict, out: Path) -> str | None:
 
 def results_markdown(df: pd.DataFrame) -> str:
     cols = ["device_key", "model", "batch_size", "precision", "channels_last", "data_path", "seed", "epochs",
-            "status", "train_images_per_s", "step_ms_median", "step_ms_iqr", "eval_images_per_s",
+            "world_size", "status", "train_images_per_s", "step_ms_median", "step_ms_iqr", "eval_images_per_s",
             "fraction_of_ceiling", "test_accuracy", "epoch_seconds", "achieved_tflops", "mfu", "peak_memory_mb"]
     view = df[cols].rename(columns={"device_key": "device", "train_images_per_s": "train img/s",
                                     "step_ms_median": "step ms", "step_ms_iqr": "IQR ms",
                                     "eval_images_per_s": "eval img/s", "test_accuracy": "test acc",
                                     "epoch_seconds": "epoch s", "achieved_tflops": "TFLOP/s",
-                                    "peak_memory_mb": "peak MB", "channels_last": "cl",
+                                    "peak_memory_mb": "peak MB", "channels_last": "cl", "world_size": "procs",
                                     "fraction_of_ceiling": "of ceiling"})
     return view.to_markdown(index=False, floatfmt=".4g")
 
@@ -422,6 +425,27 @@ def system_markdown(systems: list[dict]) -> str:
         text += "\n\nMeasured peaks (square matmul in the run's compute dtype, median of repeats; MFU divides by " \
                 "these, not by datasheet numbers):\n\n" + pd.DataFrame(peaks).to_markdown(index=False, floatfmt=".4g")
     return text
+
+
+def scaling_lines(df: pd.DataFrame) -> list[str]:
+    """What the scaling table's numbers mean, with the launch facts of the runs shown."""
+    dist = df[(df["status"] == "ok") & (df["world_size"] > 1)]
+    backends = ", ".join(sorted(set(dist["backend"].dropna()))) or "none"
+    return [
+        f"- DistributedDataParallel over torch.distributed ({backends}), launched by torchrun; "
+        f"{', '.join(str(n) for n in sorted(set(dist['world_size'])))} processes on "
+        f"{', '.join(str(int(n)) for n in sorted(set(dist['nodes'].dropna())))} node(s). The batch size is the "
+        "global batch: each process steps on batch / processes images, its slice of the same seeded global "
+        "batch a one-process run uses.",
+        "- Global img/s = global batch / the slowest rank's median step time. Every rank runs the same number "
+        "of timed steps, fixed before the loop; per-rank medians are in results.jsonl (`rank_step_ms_median`).",
+        "- Efficiency = img/s(N) / (N x img/s(1 process)), the 1-process run with the same threads per process "
+        "(CPU) or one GPU (CUDA). 'vs 1 proc, same cores' = img/s(N processes) / img/s(one process using all "
+        "N x threads cores) on one machine: the number that matters for a fixed machine.",
+        "- Comm share (estimate) = 1 - step time without gradient all-reduce (DDP `no_sync`) / step time: the "
+        "share of a step spent in communication not hidden behind the backward pass, on the slowest rank.",
+        "- Evaluation (inference img/s, test accuracy) runs on rank 0 alone with the unwrapped model.",
+    ]
 
 
 def methodology(df: pd.DataFrame, rows: list[dict], systems: list[dict]) -> list[str]:
@@ -521,9 +545,9 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
             "The harness loop against the same step on a batch already on the device", out, "ceiling.png",
             logy=False),
     }
-    from bench.scaling import fig_scaling  # scale-out runs, when present
+    from bench.scaling import fig_scaling, scaling_markdown, scaling_table  # scale-out runs, when present
 
-    figures["Scaling"] = fig_scaling(df, out)
+    scaling = scaling_table(df)
     n_ok = int((df["status"] == "ok").sum())
     data = ", ".join(sorted(set(df["data"].dropna()))) or "unknown"
     parts = [
@@ -546,6 +570,9 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     if missing:
         parts += ["Not drawn for lack of data: " + ", ".join(missing)
                   + " (the speedup needs CPU and CUDA results; accuracy needs runs with epochs > 0).", ""]
+    if not scaling.empty:
+        parts += ["## Scaling out (data parallel)", "", f"![Scaling]({fig_scaling(df, out)})", "",
+                  *scaling_lines(df), "", scaling_markdown(scaling), ""]
     parts += ["## Accuracy equivalence", ""]
     if eq.empty:
         parts += ["No pairs to compare (accuracy runs with a CPU or CUDA fp32 reference are needed).", ""]

@@ -4,7 +4,9 @@ A run folder holds:
   results.jsonl   one JSON object per finished configuration, appended and fsynced as
                   each finishes (an interrupted sweep keeps everything that finished). Rows
                   also carry what the CSV leaves out: the full RunConfig, raw step times,
-                  per-epoch accuracy and seconds.
+                  per-epoch accuracy and seconds; distributed rows (written by rank 0
+                  only) add per-rank lists in rank order: rank_step_ms_median,
+                  rank_hosts, rank_threads, rank_peak_memory_mb.
   results.csv     the scalar columns of the same rows, rewritten through pandas after each
   system.json     machine and software facts, and the measured peaks
   predictions/    per-example test predictions of each accuracy run (<id>.npz, uint8),
@@ -43,8 +45,9 @@ COLUMNS: dict[str, str] = {
     "seed": "seed of initial weights, batch order and augmentation",
     "epochs": "full training epochs for accuracy (0: throughput only)",
     "threads": "torch CPU threads in use",
-    "train_images_per_s": "steady-state training throughput: batch / median step time",
-    "step_ms_median": "median training step time (ms)",
+    "train_images_per_s": "steady-state training throughput: batch / median step time (distributed: "
+                          "global batch / the slowest rank's median step time)",
+    "step_ms_median": "median training step time (ms; distributed: the slowest rank's)",
     "step_ms_iqr": "interquartile range of step times (ms)",
     "noisy": "IQR/median > 10%",
     "timed_steps": "steps in the timed loop",
@@ -55,24 +58,30 @@ COLUMNS: dict[str, str] = {
     "ceiling_images_per_s": "compute-only ceiling: the same step on one batch already on the device",
     "fraction_of_ceiling": "train_images_per_s / ceiling_images_per_s",
     "epoch_seconds": "median wall time of one full training epoch, data included",
-    "eval_images_per_s": "evaluation throughput (inference mode)",
+    "eval_images_per_s": "evaluation throughput (inference mode; distributed: rank 0 alone)",
     "test_accuracy": "test accuracy after the configured epochs (fraction)",
     "target_accuracy": "target accuracy, when set",
     "time_to_target_s": "training seconds until the target accuracy was first reached",
     "flops_per_image": "training FLOPs per image (forward + backward, FlopCounterMode)",
     "achieved_tflops": "flops_per_image * train_images_per_s / 1e12",
-    "peak_tflops": "measured matmul peak of this device in this precision",
+    "peak_tflops": "measured matmul peak of this device in this precision (distributed: x world_size)",
     "mfu": "achieved_tflops / peak_tflops",
-    "peak_memory_mb": "CUDA max allocated, or CPU peak resident set size (MB)",
+    "peak_memory_mb": "CUDA max allocated, or CPU peak resident set size (MB; distributed: the largest rank's)",
     "memory_kind": "cuda_max_allocated | cpu_peak_rss",
-    "cpu_percent": "process CPU time / wall time (100 = one core)",
+    "cpu_percent": "process CPU time / wall time (100 = one core; distributed: summed over ranks)",
     "lr": "SGD learning rate used",
     "train_size": "training images available",
     "test_size": "test images evaluated",
     "data": "dataset that really ran: cifar10 or synthetic",
-    "world_size": "processes in the run (1: single process)",
-    "backend": "torch.distributed backend (none for one process)",
-    "nodes": "machines in the run",
+    "world_size": "processes in the run (1: single process); batch_size is the global batch, "
+                  "each process steps on batch_size / world_size",
+    "backend": "torch.distributed backend: gloo (CPU), nccl (CUDA), none (one process)",
+    "nodes": "machines (torchrun node agents) in the run",
+    "step_ms_no_sync": "distributed: median step time with DDP's gradient all-reduce skipped (no_sync), "
+                       "slowest rank",
+    "comm_share": "distributed, an estimate: 1 - step_ms_no_sync / step_ms_median (clamped to 0..1), the share "
+                  "of a step spent in gradient communication that is not hidden behind the backward pass",
+
     "config_id": "short id of the RunConfig (links predictions/<id>.npz)",
     "finished_at": "UNIX time the row was written",
 }

@@ -106,6 +106,16 @@ class Deadline:
         return (self.clock() if now is None else now) - self.start >= self.max_seconds
 
 
+def steps_within(step_seconds: float, min_steps: int, max_steps: int, max_seconds: float) -> int:
+    """The step count a `Deadline(min_steps, max_steps, max_seconds)` would reach at
+    `step_seconds` per step. Data-parallel loops fix their length with it before they start:
+    every rank must stop at the same step, so none may stop on its own clock."""
+    max_steps = max(max_steps, min_steps)
+    if not step_seconds > 0 or math.isinf(max_seconds):
+        return max_steps
+    return min(max_steps, max(min_steps, math.ceil(max_seconds / step_seconds)))
+
+
 class StepTimer:
     """Times consecutive steps on `device`. Call `start()` before the first step and
     `mark()` after each; `mark()` returns True when the budget says stop."""
@@ -186,13 +196,6 @@ def synchronized(fn: Callable[..., T], device: torch.device | str) -> Callable[.
         return result
 
     return run
-
-
-def rounds_for(seconds_per_call: float, budget: float, min_rounds: int, max_rounds: int) -> int:
-    """How many timed calls fit `budget` seconds, clamped to [min_rounds, max_rounds]."""
-    if seconds_per_call <= 0:
-        return max_rounds
-    return max(min_rounds, min(max_rounds, math.ceil(budget / seconds_per_call)))
 
 
 def time_repeated(fn: Callable[[], object], device: torch.device | str, min_repeats: int = 3,

@@ -371,7 +371,15 @@ class DeviceBatches:
     Each epoch draws its order, crop offsets and flips from a CPU generator seeded by
     (seed, epoch) and sends them to the device once; each step is then one gather (crop and
     flip fused into the index), one cast and one multiply-add, all on the device, with no
-    host-device copy and no sync."""
+    host-device copy and no sync.
+
+    Data-parallel sharding: `batch_size` is the global batch; with `world_size` > 1 the
+    process of rank `rank` yields its contiguous 1/world_size slice of each global batch.
+    Every rank draws the same seeded plan, so the ranks' slices are disjoint and together
+    are exactly the one-process batch (same examples, same crops and flips). Unlike
+    DistributedSampler (which deals whole epochs out rank by rank), this keeps the global
+    batch of an N-process step identical to the one-process step, which is what the
+    accuracy equivalence check compares."""
 
     def __init__(
         self,
@@ -385,15 +393,19 @@ class DeviceBatches:
         drop_last: bool = True,
         seed: int = 0,
         channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        _check_shard(batch_size, rank, world_size)
         self.device = torch.device(device)
         self.n = len(y)
         self.batch_size = batch_size
         self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
         self.seed = seed
         self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
         if drop_last and self.n < batch_size:
             raise ValueError(f"batch size {batch_size} is larger than the {self.n} examples")
         # NHWC copy of the data: gathering in (B, H, W, C) order makes the channels_last
@@ -412,14 +424,16 @@ class DeviceBatches:
         settings (no copy of the data)."""
         other = copy.copy(self)
         for name, value in changes.items():
-            if name not in ("batch_size", "seed", "shuffle", "drop_last", "channels_last"):
+            if name not in ("batch_size", "seed", "shuffle", "drop_last", "channels_last", "rank", "world_size"):
                 raise TypeError(f"cannot change {name}")
             setattr(other, name, value)
         if other.batch_size < 1 or (other.drop_last and other.n < other.batch_size):
             raise ValueError(f"batch size {other.batch_size} does not fit {other.n} examples")
+        _check_shard(other.batch_size, other.rank, other.world_size)
         return other
 
     def __len__(self) -> int:
+        """Steps per epoch (global batches: the same on every rank)."""
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
@@ -438,6 +452,8 @@ class DeviceBatches:
         ar = self.ar
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            if self.world_size > 1:  # this rank's slice (a final partial batch splits as evenly as it can)
+                idx = idx.tensor_split(self.world_size)[self.rank]
             if self.augment:
                 rows = dy[idx, None] + ar  # (B, 32)
                 cols = torch.where(flip[idx, None], dx[idx, None] + 31 - ar, dx[idx, None] + ar)
@@ -451,6 +467,15 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
+
+
+def _check_shard(batch_size: int, rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
+    # Unequal shards would make DDP's average of the ranks' mean gradients differ from the
+    # mean over the global batch.
+    if batch_size % world_size:
+        raise ValueError(f"global batch size {batch_size} does not divide among {world_size} processes")
 
 
 # --------------------------------------------------------------------------------------

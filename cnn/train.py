@@ -8,6 +8,12 @@ Precision modes:
 
 The hot loop never synchronises with the device: the loss is accumulated on the device
 and read once per epoch, where a non-finite value raises `Diverged`.
+
+Data parallel: `make_trainer(..., process_group=pg)` wraps the model in
+DistributedDataParallel; each rank then steps on its shard of the global batch and DDP
+averages the gradients, which equals the one-process gradient of the mean loss when the
+shards are equal. The epoch's loss is averaged over the ranks, so every rank reads the same
+value and a divergence stops all of them at once.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from cnn.models import build_model, default_lr
 
@@ -91,11 +99,21 @@ class Trainer:
     def __post_init__(self) -> None:
         self._autocast_dtype = AUTOCAST_DTYPES.get(self.precision)
 
+    @property
+    def module(self) -> nn.Module:
+        """The network itself, unwrapped from DistributedDataParallel."""
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+
+    @property
+    def distributed(self) -> bool:
+        return isinstance(self.model, DistributedDataParallel)
+
     def reset(self, seed: int) -> None:
         """Back to the seed's initial weights with fresh optimizer and scaler state; a
-        compiled model keeps its compiled code."""
+        compiled model keeps its compiled code. Under DDP every rank loads the same seeded
+        weights in place, so the replicas start equal again."""
         fresh = build_model(self.model_name, seed=seed)
-        self.model.load_state_dict(fresh.state_dict())
+        self.module.load_state_dict(fresh.state_dict())
         self.optimizer = _sgd(self.model, self.device, self.lr, self.momentum, self.weight_decay)
         if self.scaler is not None:
             self.scaler = torch.amp.GradScaler(self.device.type)
@@ -156,8 +174,11 @@ def make_trainer(
     channels_last: bool = False,
     compile: bool = False,
     compile_mode: str | None = None,
+    process_group: dist.ProcessGroup | None = None,
 ) -> Trainer:
     """Build the seeded model on the CPU, move it to `device`, and set up SGD and AMP.
+    With `process_group`, wrap it in DistributedDataParallel over that group (`device` is
+    then this rank's device; the learning rate follows the global `batch_size`).
 
     Raises `Unsupported` for combinations the device cannot run."""
     device = torch.device(device)
@@ -167,6 +188,9 @@ def make_trainer(
     model = build_model(model_name, seed=seed).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if process_group is not None:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        process_group=process_group)
     lr = default_lr(model_name, batch_size) if lr is None else lr
     wd = WEIGHT_DECAY.get(model_name, 0.0) if weight_decay is None else weight_decay
     optimizer = _sgd(model, device, lr, momentum, wd)
@@ -199,6 +223,10 @@ def train_epoch(
             steps += 1
             if on_step is not None and on_step():
                 break
+    if trainer.distributed:  # every rank ran `steps` steps: the sum over ranks / ranks is the global mean
+        group = trainer.model.process_group
+        dist.all_reduce(total, group=group)
+        total /= dist.get_world_size(group)
     mean = (total / max(steps, 1)).item()  # the epoch's one host-device sync
     if not torch.isfinite(torch.tensor(mean)):
         raise Diverged(f"training loss is {mean} after {steps} steps")
@@ -221,7 +249,9 @@ def evaluate(
     """Accuracy and per-example predictions over `batches` (in order). `on_step` as in
     `train_epoch` (the harness times inference throughput with it)."""
     trainer.model.eval()
-    net = trainer.compiled or trainer.model
+    # Under DDP evaluation runs on one rank with the bare module: DDP's forward may talk to
+    # the other ranks (buffer broadcast). A compiled DDP model is evaluated uncompiled.
+    net = trainer.module if trainer.distributed else (trainer.compiled or trainer.model)
     preds, correct, loss_sum, n = [], torch.zeros((), dtype=torch.int64, device=trainer.device), \
         torch.zeros((), device=trainer.device), 0
     with matmul_precision(trainer.device, trainer.precision):

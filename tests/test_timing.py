@@ -108,8 +108,20 @@ def test_synchronized_call_returns_after_the_kernels_finish():
     assert torch.cuda.current_stream().query()  # nothing left running: a host clock sees the whole call
 
 
-def test_rounds_fill_the_budget_within_bounds():
-    assert timing.rounds_for(0.1, budget=1.0, min_rounds=5, max_rounds=100) == 10
-    assert timing.rounds_for(0.3, budget=1.0, min_rounds=5, max_rounds=100) == 5  # slow calls: the minimum
-    assert timing.rounds_for(0.001, budget=1.0, min_rounds=5, max_rounds=100) == 100  # fast calls: the cap
-    assert timing.rounds_for(0.0, budget=1.0, min_rounds=5, max_rounds=100) == 100
+@pytest.mark.parametrize("step,expected", [
+    (0.1, 10),    # 1 s budget / 0.1 s: the Deadline would stop after the 10th step
+    (0.3, 4),     # ceil(3.33): the step that crosses the budget still runs, as with a Deadline
+    (2.0, 3),     # slow steps: never fewer than min_steps
+    (0.001, 50),  # fast steps: never more than max_steps
+])
+def test_steps_within_matches_what_a_deadline_would_run(step, expected):
+    assert timing.steps_within(step, 3, 50, 1.0) == expected
+    d = Deadline(3, 50, 1.0, lambda: 0.0)
+    while not d.tick(now=(d.steps + 1) * step):  # StepTimer passes the reading after each step
+        pass
+    assert d.steps == expected
+
+
+def test_steps_within_without_a_time_limit_is_max_steps():
+    assert timing.steps_within(0.5, 2, 7, float("inf")) == 7
+    assert timing.steps_within(0.0, 2, 7, 1.0) == 7

@@ -76,8 +76,8 @@ def measure(benchmark, config: pytest.Config, step: Callable, batches: Iterator,
     if benchmark.enabled:
         x, y = next(batches)
         calls = timing.time_repeated(lambda: step(x, y), device, min_repeats=2, max_seconds=0.0, warmup=1)
-        rounds = timing.rounds_for(min(calls), float(config.getoption("benchmark_max_time")),
-                                   config.getoption("benchmark_min_rounds"), MAX_ROUNDS)
+        rounds = timing.steps_within(min(calls), config.getoption("benchmark_min_rounds"), MAX_ROUNDS,
+                                     float(config.getoption("benchmark_max_time")))
     benchmark.group = group  # read when the timing starts
     return benchmark.pedantic(timing.synchronized(step, device), setup=setup, rounds=rounds, warmup_rounds=1)
 
