@@ -72,7 +72,7 @@ def throughput(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[(df["status"] == "ok") & (df["data_path"] == "device") & (df["world_size"] == 1)]
     if ok.empty:
         return ok
-    keys = ["device_key", "device_kind", "model", "precision", "batch_size", "channels_last", "compile"]
+    keys = ["device_key", "device_kind", "model", "precision", "batch_size", "channels_last", "compile", "threads"]
     agg = ok.groupby(keys, dropna=False).agg(
         images_per_s=("train_images_per_s", "median"),
         step_ms=("step_ms_median", "median"),
@@ -83,6 +83,11 @@ def throughput(df: pd.DataFrame) -> pd.DataFrame:
         fraction_of_ceiling=("fraction_of_ceiling", "median"),
     ).reset_index()
     agg["iqr_ratio"] = agg["iqr_ratio"] / agg["step_ms"]
+    # A line per device, precision and variant; thread counts only named where a device
+    # was measured with several (e.g. a 1-thread baseline beside the default).
+    several = agg.groupby("device_key")["threads"].transform("nunique") > 1
+    agg["variant"] = [_variant(cl, comp, int(t) if multi and t == t else None)
+                      for cl, comp, t, multi in zip(agg["channels_last"], agg["compile"], agg["threads"], several)]
     return agg
 
 
@@ -211,12 +216,14 @@ def _panels(n: int, width: float = 5.0, height: float = 4.0):
     return fig, axes[0]
 
 
-def _variant(row) -> str:
+def _variant(channels_last, compile, threads: int | None) -> str:
     extra = []
-    if bool(row.channels_last):
+    if bool(channels_last):
         extra.append("cl")
-    if bool(row.compile):
+    if bool(compile):
         extra.append("compiled")
+    if threads is not None:
+        extra.append(f"{threads} thread{'s' if threads != 1 else ''}")
     return f" ({', '.join(extra)})" if extra else ""
 
 
@@ -256,12 +263,12 @@ def _lines_vs_batch(tp: pd.DataFrame, colours: dict, value: str, ylabel: str, ti
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
         sub = tp[tp["model"] == model]
-        for (dkey, prec, _cl, _comp), g in sub.groupby(["device_key", "precision", "channels_last", "compile"]):
+        for (dkey, prec, variant), g in sub.groupby(["device_key", "precision", "variant"]):
             g = g.sort_values("batch_size").dropna(subset=[value])
             if g.empty:
                 continue
             ax.plot(g["batch_size"], g[value], PRECISION_STYLE.get(prec, "-"), marker=PRECISION_MARKER.get(prec, "o"),
-                    color=colours.get(dkey, "k"), label=f"{dkey} {prec}{_variant(g.iloc[0])}", markersize=4)
+                    color=colours.get(dkey, "k"), label=f"{dkey} {prec}{variant}", markersize=4)
         if logy:
             ax.set_yscale("log")
         _batch_axis(ax, sub["batch_size"])
@@ -282,13 +289,13 @@ def fig_speedup(tp: pd.DataFrame, colours: dict, out: Path) -> str | None:
     for ax, model in zip(axes, models):
         cpu = best_per_batch(tp, "cpu", model).groupby("batch_size")["images_per_s"].max()
         gpu = tp[(tp["device_kind"] == "cuda") & (tp["model"] == model)]
-        for (dkey, prec, _cl, _comp), g in gpu.groupby(["device_key", "precision", "channels_last", "compile"]):
+        for (dkey, prec, variant), g in gpu.groupby(["device_key", "precision", "variant"]):
             g = g[g["batch_size"].isin(cpu.index)].sort_values("batch_size")
             if g.empty:
                 continue
             ratio = g["images_per_s"].to_numpy() / cpu.loc[g["batch_size"]].to_numpy()
             ax.plot(g["batch_size"], ratio, PRECISION_STYLE.get(prec, "-"), marker=PRECISION_MARKER.get(prec, "o"),
-                    color=colours.get(dkey, "k"), label=f"{dkey} {prec}{_variant(g.iloc[0])}", markersize=4)
+                    color=colours.get(dkey, "k"), label=f"{dkey} {prec}{variant}", markersize=4)
         ax.axhline(1.0, color="black", linewidth=1.2, label="break-even (1x)")
         ax.set_yscale("log")
         _batch_axis(ax, gpu["batch_size"])
@@ -311,11 +318,11 @@ def fig_epoch_time(df: pd.DataFrame, tp: pd.DataFrame, colours: dict, out: Path)
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
         sub = tp[tp["model"] == model]
-        for (dkey, prec, _cl, _comp), g in sub.groupby(["device_key", "precision", "channels_last", "compile"]):
+        for (dkey, prec, variant), g in sub.groupby(["device_key", "precision", "variant"]):
             g = g.sort_values("batch_size")
             ax.plot(g["batch_size"], g["projected"], PRECISION_STYLE.get(prec, "-"), color=colours.get(dkey, "k"),
                     marker=PRECISION_MARKER.get(prec, "o"), markersize=4,
-                    label=f"{dkey} {prec}{_variant(g.iloc[0])}: steady state x 50k")
+                    label=f"{dkey} {prec}{variant}: steady state x 50k")
         m = measured[measured["model"] == model]
         for (dkey, prec, bs), g in m.groupby(["device_key", "precision", "batch_size"]):
             scale = EPOCH_IMAGES / g["train_size"].iloc[0]
