@@ -246,8 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers")
     perf.add_argument("--data", choices=DATA_KINDS, default="auto")
     perf.add_argument("--data-dir", type=Path, default=Path("data"))
+    perf.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                      help="memory format of the measured loop; auto uses the harness's default")
     perf.add_argument("--layout", action="store_true",
-                      help="also compare channels_last with the default layout (ResNet-18 on this device)")
+                      help="also compare channels_last with the default layout, per model, on this device")
     perf.add_argument("--out", type=Path, default=Path("reports/performance"))
     return parser
 
@@ -514,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"cifar-bench: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # outside a sweep (which says what it saved): nothing to keep
+        print("\ncifar-bench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

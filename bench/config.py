@@ -78,13 +78,17 @@ class RunConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-# Layout defaults, measured (reports/performance/): channels_last is faster for ResNet-18
-# in fp32 on the CPU; elsewhere the default layout is kept until measured otherwise.
-CHANNELS_LAST_DEFAULT = {("cpu", "resnet18"): True}
+# Layout defaults, measured with `cifar-bench perf --layout` (reports/performance/): on the
+# CPU channels_last (NHWC, oneDNN's native layout) is faster for the tutorial Nets at every
+# batch size measured (5-27%) and for ResNet-18 from batch 16 (3-11%), slower for ResNet-18
+# at batch 4. Value: the smallest batch size from which channels_last is the default. CUDA
+# keeps the default layout until measured on a GPU.
+CHANNELS_LAST_DEFAULT = {("cpu", "tutorial"): 1, ("cpu", "tutorial-wide"): 1, ("cpu", "resnet18"): 16}
 
 
-def default_channels_last(device: str, model: str) -> bool:
-    return CHANNELS_LAST_DEFAULT.get((device.split(":")[0], model), False)
+def default_channels_last(device: str, model: str, batch_size: int) -> bool:
+    from_batch = CHANNELS_LAST_DEFAULT.get((device.split(":")[0], model))
+    return from_batch is not None and batch_size >= from_batch
 
 
 # Augmentation follows each model's usual recipe: none for the tutorial's Net (as in the
@@ -216,7 +220,7 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
     configs: list[RunConfig] = []
 
     def add(device: str, model: str, bs: int, precision: str, seed: int, epochs: int, data_path: str) -> None:
-        cl = req.channels_last if req.channels_last is not None else default_channels_last(device, model)
+        cl = req.channels_last if req.channels_last is not None else default_channels_last(device, model, bs)
         configs.append(RunConfig(
             device=device, model=model, batch_size=bs, precision=precision, seed=seed, epochs=epochs,
             channels_last=cl, compile=req.compile, compile_mode=req.compile_mode,

@@ -8,6 +8,11 @@ For each batch size, in one process, it measures training throughput of:
   device+timed the same with the harness's per-step timer (bench.timing.StepTimer)
   dataloader   the classic pipeline: torchvision CIFAR10 + ToTensor/Normalize + DataLoader
                with workers (pinned memory and non_blocking copies on CUDA)
+  loader-only  that pipeline alone, no training: how fast it can feed when it has the
+               machine to itself (the training-free upper bound of the dataloader variant)
+The timer's own cost is also measured directly: many StepTimer.mark() calls, per call,
+against the step time (the end-to-end difference of device and device+timed is smaller
+than the noise of a shared machine).
 Each variant runs a fixed number of steps timed end to end by a Stopwatch (one sync each
 side on CUDA). Variants are interleaved round by round (rotating the order, so none always
 runs first or last) and summarised by the median over rounds; ratios are medians of the
@@ -29,10 +34,13 @@ import pandas as pd
 import torch
 
 from bench import system, timing
+from bench.config import default_channels_last
 from cnn.data import DeviceBatches, classic_loader, get_dataset
 from cnn.train import Trainer, make_trainer, train_epoch
 
-VARIANTS = ("ceiling", "device", "device+timed", "dataloader")
+VARIANTS = ("ceiling", "device", "device+timed", "dataloader", "loader-only")
+# Layout comparison (--layout): batch sizes per model that take seconds, not minutes, on a CPU.
+LAYOUT_CASES = {"tutorial": (4, 32, 128, 512), "tutorial-wide": (32, 128), "resnet18": (4, 16, 64)}
 
 
 @dataclass
@@ -67,9 +75,23 @@ def run_variant(b: Bench, variant: str) -> float:
             timer.samples()  # reading the samples is part of what the harness pays
         elif variant == "dataloader":
             train_epoch(b.trainer, itertools.islice(b.loader_stream, n))
+        elif variant == "loader-only":  # the input pipeline alone, batches copied to the device
+            for x, y in itertools.islice(b.loader_stream, n):
+                b.trainer.prepare(x, y)
         else:
             raise ValueError(variant)
     return n * b.batch_size / sw.seconds
+
+
+def mark_cost(device: torch.device, calls: int = 20_000) -> float:
+    """Seconds per StepTimer.mark() (the harness's per-step instrumentation)."""
+    timer = timing.StepTimer(device, calls, calls, float("inf"))
+    with timing.Stopwatch(device) as sw:
+        timer.start()
+        for _ in range(calls):
+            timer.mark()
+        timer.samples()
+    return sw.seconds / calls
 
 
 def calibrate(b: Bench, seconds: float) -> int:
@@ -97,8 +119,8 @@ def measure_batch_sizes(args: argparse.Namespace, log=print) -> tuple[pd.DataFra
     rows = []
     for model in args.models:
         for bs in args.batch_sizes:
-            trainer = make_trainer(model, device, args.precision, batch_size=bs, seed=0,
-                                   channels_last=getattr(args, "channels_last", False))
+            cl = {"on": True, "off": False}.get(args.channels_last, default_channels_last(args.device, model, bs))
+            trainer = make_trainer(model, device, args.precision, batch_size=bs, seed=0, channels_last=cl)
             batches = DeviceBatches(data.train_x, data.train_y, bs, device, augment=False, seed=0,
                                     channels_last=trainer.channels_last)
             x, y = next(batches.epoch(0))
@@ -115,13 +137,17 @@ def measure_batch_sizes(args: argparse.Namespace, log=print) -> tuple[pd.DataFra
                     samples[v].append(run_variant(b, v))
                 log(f"  {model} bs {bs} round {r + 1}/{args.repeats}: "
                     + ", ".join(f"{v} {samples[v][-1]:,.0f}" for v in VARIANTS))
-            row = {"model": model, "batch_size": bs, "precision": args.precision, "steps_per_round": b.steps,
+            row = {"model": model, "batch_size": bs, "precision": args.precision, "channels_last": cl,
+                   "steps_per_round": b.steps,
                    "rounds": args.repeats}
             for v in VARIANTS:
                 row[f"{v}_img_s"], row[f"{v}_iqr"] = median_iqr(samples[v])
             row["device_vs_ceiling"] = paired_ratio(samples, "device", "ceiling")
             row["device_vs_dataloader"] = paired_ratio(samples, "device", "dataloader")
             row["timing_overhead"] = 1 - paired_ratio(samples, "device+timed", "device")
+            row["mark_us"] = 1e6 * mark_cost(device)
+            row["mark_share"] = row["mark_us"] * 1e-6 * row["device_img_s"] / bs  # of one step's time
+            row["loader_only_vs_device"] = paired_ratio(samples, "loader-only", "device")
             rows.append(row)
     return pd.DataFrame(rows), data.source
 
@@ -164,17 +190,26 @@ TARGETS = {  # on a CPU; the issue's targets
     "device >= 3x dataloader (bs 32, 128)": lambda t: all(
         t.loc[t["batch_size"] == bs, "device_vs_dataloader"].iloc[0] >= 3.0 for bs in (32, 128)
         if bs in set(t["batch_size"])),
-    "timing instrumentation <= 2%": lambda t: bool((t["timing_overhead"] <= 0.02).all()),
+    "timing instrumentation <= 2% (direct: mark() cost per step)": lambda t: bool((t["mark_share"] <= 0.02).all()),
 }
 
 
 def render(table: pd.DataFrame, layout: pd.DataFrame | None, args: argparse.Namespace, info: dict,
            data_source: str, command: str, seconds: float) -> str:
-    show = table[["model", "batch_size", "ceiling_img_s", "device_img_s", "device+timed_img_s", "dataloader_img_s",
-                  "device_vs_ceiling", "device_vs_dataloader", "timing_overhead", "steps_per_round"]].copy()
-    show.columns = ["model", "batch", "ceiling img/s", "device img/s", "device+timing img/s",
-                    f"DataLoader ({args.workers} workers) img/s", "device / ceiling", "device / DataLoader",
-                    "timing overhead", "steps per round"]
+    show = table[["model", "batch_size", "channels_last", "ceiling_img_s", "device_img_s", "device+timed_img_s",
+                  "dataloader_img_s", "loader-only_img_s", "device_vs_ceiling", "device_vs_dataloader",
+                  "timing_overhead", "mark_share", "steps_per_round"]].copy()
+    show.columns = ["model", "batch", "channels_last", "ceiling img/s", "device img/s", "device+timing img/s",
+                    f"DataLoader ({args.workers} workers) img/s", "DataLoader alone img/s", "device / ceiling",
+                    "device / DataLoader", "timing overhead (end to end)", "timing overhead (direct)",
+                    "steps per round"]
+    for col in show.columns:
+        if col.endswith("img/s"):
+            show[col] = show[col].map(lambda v: f"{v:,.0f}")
+    for col in ("device / ceiling", "device / DataLoader"):
+        show[col] = show[col].map(lambda v: f"{v:.2f}")
+    show["timing overhead (end to end)"] = show["timing overhead (end to end)"].map(lambda v: f"{v:+.1%}")
+    show["timing overhead (direct)"] = show["timing overhead (direct)"].map(lambda v: f"{v:.3%}")
     device_name = system.device_name(args.device)
     lines = [
         f"# Loop performance: {args.device} ({device_name}), {args.precision}",
@@ -189,9 +224,12 @@ def render(table: pd.DataFrame, layout: pd.DataFrame | None, args: argparse.Name
         "Throughputs are medians over rounds; ratios are medians of per-round ratios. *ceiling*: the trainer "
         "stepping on one batch already on the device; *device*: the harness's device-resident input path; "
         "*device+timing*: the same with the per-step timer the harness uses; *DataLoader*: torchvision CIFAR10 "
-        "with ToTensor/Normalize through a DataLoader.",
+        "with ToTensor/Normalize through a DataLoader; *DataLoader alone*: the same pipeline iterated without "
+        "training. Timing overhead: *end to end* is 1 - (device+timing)/device, within the machine's noise; "
+        "*direct* is the measured cost of the timer's per-step call "
+        f"({table['mark_us'].median():.2f} us) over the device path's step time.",
         "",
-        show.to_markdown(index=False, floatfmt=",.3g"),
+        show.to_markdown(index=False, disable_numparse=True),
         "",
     ]
     if args.device == "cpu":
@@ -202,7 +240,14 @@ def render(table: pd.DataFrame, layout: pd.DataFrame | None, args: argparse.Name
     if layout is not None and not layout.empty:
         lv = layout[["model", "batch_size", "default_img_s", "channels_last_img_s", "channels_last_speedup"]].copy()
         lv.columns = ["model", "batch", "default layout img/s", "channels_last img/s", "channels_last / default"]
-        lines += ["## Memory layout (compute-only path)", "", lv.to_markdown(index=False, floatfmt=",.3g"), ""]
+        for col in ("default layout img/s", "channels_last img/s"):
+            lv[col] = lv[col].map(lambda v: f"{v:,.1f}" if v < 100 else f"{v:,.0f}")
+        lv["channels_last / default"] = lv["channels_last / default"].map(lambda v: f"{v:.2f}")
+        lines += ["## Memory layout (compute-only path)", "",
+                  "Each model's compute-only step in the default NCHW layout and in channels_last (NHWC), "
+                  "interleaved; the faster one is the harness's default for this device "
+                  "(`bench/config.py: CHANNELS_LAST_DEFAULT`).", "",
+                  lv.to_markdown(index=False, disable_numparse=True), ""]
     lines += [f"Python {platform.python_version()}, {info['os']}."]
     return "\n".join(lines) + "\n"
 
@@ -215,7 +260,8 @@ def run_perf(args: argparse.Namespace) -> int:
     table, data_source = measure_batch_sizes(args, log=lambda m: print(m, flush=True))
     layout = None
     if args.layout:
-        layout = measure_layout(args, "resnet18", (16, 64), log=lambda m: print(m, flush=True))
+        layout = pd.concat([measure_layout(args, model, sizes, log=lambda m: print(m, flush=True))
+                            for model, sizes in LAYOUT_CASES.items()], ignore_index=True)
     seconds = time.perf_counter() - started
     command = "cifar-bench " + " ".join(sys.argv[1:]) if sys.argv and "bench" in sys.argv[0] else "cifar-bench perf"
     text = render(table, layout, args, info, data_source, command, seconds)

@@ -404,18 +404,20 @@ class Runner:
             train = classic_loader(data, cfg.batch_size, True, pin_memory=pin, augment=cfg.augment, seed=cfg.seed)
             test = classic_loader(data, cfg.batch_size, False, pin_memory=pin, workers=2)
             return (lambda epoch: iter(train)), (lambda: iter(test)), data
-        key = (str(device), cfg.train_size, cfg.test_size, cfg.augment)
-        if key not in self._batches:  # keep one device copy of the data per device and size
+        key = (str(device), cfg.train_size, cfg.test_size, cfg.augment, cfg.channels_last)
+        if key not in self._batches:  # keep one device copy of the data per device, size and layout
             self._batches.clear()
             release_memory()
             self._batches[key] = (
-                DeviceBatches(data.train_x, data.train_y, 1, device, augment=cfg.augment),
-                DeviceBatches(data.test_x, data.test_y, 1, device, shuffle=False, drop_last=False),
+                DeviceBatches(data.train_x, data.train_y, 1, device, augment=cfg.augment,
+                              channels_last=cfg.channels_last),
+                DeviceBatches(data.test_x, data.test_y, 1, device, shuffle=False, drop_last=False,
+                              channels_last=cfg.channels_last),
             )
         train_base, test_base = self._batches[key]
         shard = {} if self.dist is None else {"rank": self.dist.rank, "world_size": self.dist.world_size}
-        train = train_base.view(batch_size=cfg.batch_size, seed=cfg.seed, channels_last=cfg.channels_last, **shard)
-        test = test_base.view(batch_size=cfg.batch_size, channels_last=cfg.channels_last)
+        train = train_base.view(batch_size=cfg.batch_size, seed=cfg.seed, **shard)
+        test = test_base.view(batch_size=cfg.batch_size)
         return train.epoch, (lambda: test.epoch(0)), data
 
     def measure(self, cfg: RunConfig, phase: Callable[[str], None]) -> dict:

@@ -370,8 +370,10 @@ class DeviceBatches:
 
     Each epoch draws its order, crop offsets and flips from a CPU generator seeded by
     (seed, epoch) and sends them to the device once; each step is then one gather (crop and
-    flip fused into the index), one cast and one multiply-add, all on the device, with no
-    host-device copy and no sync.
+    flip fused into the index) and one multiply-add that casts uint8 to float on the fly, all
+    on the device, with no host-device copy and no sync. The data is kept in the layout the
+    model consumes (NCHW, or NHWC for channels_last), so a batch needs no layout copy: every
+    temporary per step costs allocator work that shows at large batches on a CPU.
 
     Data-parallel sharding: `batch_size` is the global batch; with `world_size` > 1 the
     process of rank `rank` yields its contiguous 1/world_size slice of each global batch.
@@ -408,22 +410,26 @@ class DeviceBatches:
         self.rank, self.world_size = rank, world_size
         if drop_last and self.n < batch_size:
             raise ValueError(f"batch size {batch_size} is larger than the {self.n} examples")
-        # NHWC copy of the data: gathering in (B, H, W, C) order makes the channels_last
-        # case free (a permuted view), and the NCHW case costs one layout copy per batch.
-        self.x = x.to(self.device).permute(0, 2, 3, 1).contiguous()
+        x = x.to(self.device)
         if augment:  # zero padding, as torchvision's RandomCrop(32, padding=4)
-            self.x = torch.nn.functional.pad(self.x, (0, 0, 4, 4, 4, 4))
+            x = torch.nn.functional.pad(x, (4, 4, 4, 4))
+        # channels_last: NHWC storage, batches are permuted views of NHWC gathers
+        self.x = x.permute(0, 2, 3, 1).contiguous() if channels_last else x.contiguous()
         self.y = y.to(self.device)
         std = torch.tensor(STD, device=self.device)
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = -torch.tensor(MEAN, device=self.device) / std
+        shape = (3,) if channels_last else (3, 1, 1)  # broadcast over the channel dimension
+        self.scale = (1.0 / (255.0 * std)).reshape(shape)
+        self.shift = (-torch.tensor(MEAN, device=self.device) / std).reshape(shape)
         self.ar = torch.arange(32, device=self.device)
+        self.channel = torch.arange(3, device=self.device)
 
     def view(self, **changes) -> DeviceBatches:
         """The same device-resident data with other batch size, seed, order or layout
         settings (no copy of the data)."""
         other = copy.copy(self)
         for name, value in changes.items():
+            if name == "channels_last" and value != self.channels_last:
+                raise TypeError("channels_last is fixed at construction (it decides the stored layout)")
             if name not in ("batch_size", "seed", "shuffle", "drop_last", "channels_last", "rank", "world_size"):
                 raise TypeError(f"cannot change {name}")
             setattr(other, name, value)
@@ -457,12 +463,16 @@ class DeviceBatches:
             if self.augment:
                 rows = dy[idx, None] + ar  # (B, 32)
                 cols = torch.where(flip[idx, None], dx[idx, None] + 31 - ar, dx[idx, None] + ar)
-                xb = self.x[idx[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B,32,32,3)
+                if self.channels_last:  # (B, 32, 32, 3)
+                    xb = self.x[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+                else:  # (B, 3, 32, 32)
+                    xb = self.x[idx[:, None, None, None], self.channel[:, None, None],
+                                rows[:, None, :, None], cols[:, None, None, :]]
             else:
                 xb = self.x[idx]
-            xb = torch.addcmul(self.shift, xb.to(torch.float32), self.scale).permute(0, 3, 1, 2)
-            if not self.channels_last:
-                xb = xb.contiguous()
+            xb = torch.addcmul(self.shift, xb, self.scale)  # uint8 -> float32 in the same pass
+            if self.channels_last:
+                xb = xb.permute(0, 3, 1, 2)
             yield xb, self.y[idx]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

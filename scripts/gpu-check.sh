@@ -43,18 +43,19 @@ if [[ $DRY_RUN == 1 ]]; then
     PERF=(--device cpu --batch-sizes 32 --repeats 1 --seconds 0.2 --workers 0 --data synthetic)
 else
     DEVICE=cuda; SWEEP=(--preset gpu-check --devices cuda --data auto)
-    PERF=(--device cuda --batch-sizes 4,32,128,512 --repeats 3 --seconds 0.5 --workers 4 --data auto)
+    PERF=(--device cuda --batch-sizes 4,32,128,512 --repeats 3 --seconds 0.3 --workers 4 --layout --data auto)
 fi
 
 log "machine: $(hostname), $($PY -c 'import torch,sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")' 2>&1)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$LOG" 2>&1 || true
 
-stage cuda-tests 120 $PY -m pytest -q -m cuda -p no:cacheprovider tests
-stage sweep 330 $PY -m bench run "${SWEEP[@]}" --out "$RUN" --no-progress
+# Stage limits add up to under 8 minutes (the device machine's 15 include its start).
+stage cuda-tests 90 $PY -m pytest -q -m cuda -p no:cacheprovider tests
+stage sweep 240 $PY -m bench run "${SWEEP[@]}" --out "$RUN" --no-progress
 stage perf 90 $PY -m bench perf "${PERF[@]}" --out "$RUN/performance"
 # exit 1 here is a verdict (a pair not equivalent), reported in the summary, not a failure
-$PY -m bench equivalence "$RUN" >>"$LOG" 2>&1; [[ $? -le 1 ]] || FAILED+=("equivalence")
-stage report 60 $PY -m bench report "$RUN"
+timeout 30 $PY -m bench equivalence "$RUN" >>"$LOG" 2>&1; [[ $? -le 1 ]] || FAILED+=("equivalence")
+stage report 45 $PY -m bench report "$RUN"
 
 # What comes back: the report and summary as files, everything else in one archive.
 cp "$RUN/report.md" "$DEST/report.md" 2>/dev/null || true

@@ -233,7 +233,9 @@ def test_augmentation_is_a_zero_padded_crop_and_flip(small_data):
 def test_channels_last_batches_hold_the_same_values(small_data):
     d = small_data
     a = DeviceBatches(d.train_x[:64], d.train_y[:64], 32, augment=True, seed=1)
-    b = a.view(channels_last=True)
+    b = DeviceBatches(d.train_x[:64], d.train_y[:64], 32, augment=True, seed=1, channels_last=True)
+    with pytest.raises(TypeError, match="fixed at construction"):
+        a.view(channels_last=True)
     for (xa, _), (xb, _) in zip(a.epoch(0), b.epoch(0)):
         assert xb.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(xa, xb)
