@@ -88,6 +88,15 @@ def throughput(df: pd.DataFrame) -> pd.DataFrame:
     several = agg.groupby("device_key")["threads"].transform("nunique") > 1
     agg["variant"] = [_variant(cl, comp, int(t) if multi and t == t else None)
                       for cl, comp, t, multi in zip(agg["channels_last"], agg["compile"], agg["threads"], several)]
+    # Where the layout was chosen per batch size (the default policy) and never measured
+    # both ways at one batch size, draw one line and say where channels_last starts.
+    line = ["device_key", "model", "precision", "compile", "threads"]
+    for _, g in agg.groupby(line, dropna=False):
+        if g["channels_last"].nunique() == 2 and not g.groupby("batch_size")["channels_last"].nunique().gt(1).any():
+            first_cl = int(g.loc[g["channels_last"].astype(bool), "batch_size"].min())
+            label = _variant(False, g["compile"].iloc[0], None)
+            label = f" (cl from bs {first_cl}" + (", " + label.strip(" ()") if label else "") + ")"
+            agg.loc[g.index, "variant"] = label
     return agg
 
 
@@ -212,7 +221,8 @@ def headline(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> pd.DataFra
 # --------------------------------------------------------------------------------------
 
 def _panels(n: int, width: float = 5.0, height: float = 4.0):
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(width * max(n, 1), height), squeeze=False)
+    # at least 9 inches wide, so a figure title fits over a single panel
+    fig, axes = plt.subplots(1, max(n, 1), figsize=(max(width * max(n, 1), 9.0), height), squeeze=False)
     return fig, axes[0]
 
 
@@ -497,8 +507,15 @@ def warnings_lines(df: pd.DataFrame) -> list[str]:
     ok = df[df["status"] == "ok"]
     noisy = ok[ok["noisy"].astype(bool)]
     for r in noisy.itertuples():
-        lines.append(f"- noisy: {r.device_key} {r.model} bs {r.batch_size} {r.precision}: IQR/median "
+        path = "" if r.data_path == "device" else f" ({r.data_path})"
+        lines.append(f"- noisy: {r.device_key} {r.model} bs {r.batch_size} {r.precision}{path}: IQR/median "
                      f"{r.step_ms_iqr / r.step_ms_median:.0%}")
+    over = ok[ok["mfu"].fillna(0) > 1]
+    if not over.empty:
+        lines.append(f"- MFU above 100% in {len(over)} rows (up to {over['mfu'].max():.0%}, e.g. "
+                     f"{over.iloc[0]['model']} bs {over.iloc[0]['batch_size']} {over.iloc[0]['precision']} on "
+                     f"{over.iloc[0]['device_key']}): the model's kernels ran faster than the square-matmul probe, "
+                     "which therefore understates this device's peak; compare MFU between rows, not with 100%.")
     for status in ("oom", "skipped", "diverged", "failed"):
         for r in df[df["status"] == status].itertuples():
             lines.append(f"- {status}: {r.device_key} {r.model} bs {r.batch_size} {r.precision}: {r.reason}")
