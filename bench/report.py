@@ -177,7 +177,8 @@ def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> list[
                 continue
             best = sub.loc[sub["images_per_s"].idxmax()]
             text = (f"best {fmt_ips(best['images_per_s'])} on {best['device_key']} at batch "
-                    f"{best['batch_size']} {best['precision']} (no GPU/CPU pair to compare in these runs). ")
+                    f"{best['batch_size']} {best['precision']} (no GPU/CPU pair in these runs: add a CUDA run "
+                    "folder to the report for the speedup).")
         for kind, name in (("cpu", "CPU"), ("cuda", "GPU")):
             gain = amp_gain(tp, kind, model)
             if gain:
@@ -558,9 +559,10 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         "GPU/CPU speedup": fig_speedup(tp, colours, out),
         "Epoch time": fig_epoch_time(df, tp, colours, out),
         "Test accuracy per epoch": fig_accuracy(df, colours, out),
-        "Peak memory": _lines_vs_batch(tp, colours, "peak_memory_mb",
-                                       "peak memory (MB): CUDA max allocated / CPU peak RSS",
-                                       "Peak memory vs batch size", out, "memory.png"),
+        "Peak memory": _lines_vs_batch(tp, colours, "peak_memory_mb", "peak memory (MB)",
+                                       "Peak memory vs batch size (CUDA: max allocated by tensors; CPU: the "
+                                       "process's peak resident set, dataset and earlier runs included)",
+                                       out, "memory.png"),
         "Model FLOP utilisation": _lines_vs_batch(tp, colours, "mfu", "MFU (achieved / measured matmul peak)",
                                                   "MFU vs batch size", out, "mfu.png"),
         "Input pipeline": fig_data_paths(df, colours, out),
