@@ -1,5 +1,8 @@
-"""Tiny, fast configurations for harness tests."""
+"""Tiny, fast configurations and fault injectors for harness tests."""
 
+import torch
+
+import cnn.train
 from bench.config import RunConfig
 
 FAST = dict(train_size=256, test_size=64, warmup_steps=1, warmup_seconds=0.05, min_steps=2, max_steps=3,
@@ -10,3 +13,16 @@ def tiny(**kw) -> RunConfig:
     base = dict(device="cpu", model="tutorial", batch_size=16, precision="fp32", **FAST)
     base.update(kw)
     return RunConfig(**base)
+
+
+def inject_oom(monkeypatch, batch_size: int, message: str = "CUDA out of memory. Tried to allocate 20.00 GiB"):
+    """Make every training step at `batch_size` raise torch's out-of-memory error."""
+    real_step = cnn.train.Trainer.step
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+    def step(self, x, y):
+        if x.shape[0] == batch_size:
+            raise oom(f"{message} (injected)")
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(cnn.train.Trainer, "step", step)

@@ -11,15 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from filelock import FileLock
 
-import cnn.train
 from bench.cli import main
 from bench.report import write_report
 from bench.results import read_jsonl
 from bench.runner import Runner
-from helpers import tiny
+from helpers import inject_oom, tiny
 from test_data import fake_cifar
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,15 +194,7 @@ def test_report_of_an_unreadable_run_folder(tmp_path, capsys):
 
 def test_report_over_failed_configurations_builds_and_says_so(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    real = cnn.train.Trainer.step
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-    def step(self, x, y):
-        if x.shape[0] == 32:
-            raise oom("out of memory (injected)")
-        return real(self, x, y)
-
-    monkeypatch.setattr(cnn.train.Trainer, "step", step)
+    inject_oom(monkeypatch, 32)
     configs = [tiny(), tiny(precision="fp16"), tiny(lr=1e5, epochs=1, batch_size=8), tiny(batch_size=32)]
     Runner(out, data_kind="synthetic", log=lambda m: None, progress=False, probe_seconds=0.02).run(configs)
     statuses = [r["status"] for r in read_jsonl(out / "results.jsonl")]

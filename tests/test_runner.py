@@ -1,12 +1,11 @@
 import json
 
 import pytest
-import torch
 
 import cnn.train
 from bench.results import COLUMNS, read_jsonl
 from bench.runner import RunFolderError, Runner
-from helpers import tiny
+from helpers import inject_oom, tiny
 
 
 def run(tmp_path, configs, resume=False, name="run"):
@@ -43,15 +42,7 @@ def test_unsupported_combinations_are_skipped_with_the_reason(tmp_path):
 
 
 def test_an_injected_out_of_memory_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    real_step = cnn.train.Trainer.step
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-    def step(self, x, y):
-        if x.shape[0] == 32:
-            raise oom("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
-        return real_step(self, x, y)
-
-    monkeypatch.setattr(cnn.train.Trainer, "step", step)
+    inject_oom(monkeypatch, 32)
     _, rows = run(tmp_path, [tiny(batch_size=8), tiny(batch_size=32), tiny(batch_size=16)])
     assert [r["status"] for r in rows] == ["ok", "oom", "ok"]
     assert "out of memory" in rows[1]["reason"] and "20.00 GiB" in rows[1]["reason"]
