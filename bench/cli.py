@@ -455,8 +455,8 @@ def results_table(frame) -> str:
             "step_ms_median", "step_ms_iqr", "eval_images_per_s", "test_accuracy", "mfu", "peak_memory_mb"]
     if (frame["world_size"].fillna(1) > 1).any():
         cols[cols.index("status"):cols.index("status")] = ["world_size", "backend"]
-    view = frame[cols].copy()
-    return view.to_markdown(index=False, floatfmt=".4g")
+    from bench.results import markdown_table
+    return markdown_table(frame, cols)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

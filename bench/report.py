@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.equivalence import equivalence_table, verdict_table  # noqa: E402
-from bench.results import load_run  # noqa: E402
+from bench.results import load_run, markdown_table  # noqa: E402
 from bench.timing import NOISY_IQR_RATIO  # noqa: E402
 
 PRECISION_STYLE = {"fp32": "-", "tf32": "-.", "fp16": "--", "bf16": ":"}
@@ -415,13 +415,7 @@ def results_markdown(df: pd.DataFrame) -> str:
     cols = ["device_key", "model", "batch_size", "precision", "channels_last", "data_path", "seed", "epochs",
             "world_size", "status", "train_images_per_s", "step_ms_median", "step_ms_iqr", "eval_images_per_s",
             "fraction_of_ceiling", "test_accuracy", "epoch_seconds", "achieved_tflops", "mfu", "peak_memory_mb"]
-    view = df[cols].rename(columns={"device_key": "device", "train_images_per_s": "train img/s",
-                                    "step_ms_median": "step ms", "step_ms_iqr": "IQR ms",
-                                    "eval_images_per_s": "eval img/s", "test_accuracy": "test acc",
-                                    "epoch_seconds": "epoch s", "achieved_tflops": "TFLOP/s",
-                                    "peak_memory_mb": "peak MB", "channels_last": "cl", "world_size": "procs",
-                                    "fraction_of_ceiling": "of ceiling"})
-    return view.to_markdown(index=False, floatfmt=".4g")
+    return markdown_table(df, cols)
 
 
 SYSTEM_FIELDS = ("host", "cpu_model", "cpu_physical_cores", "cpu_logical_cores", "ram_gb", "os", "python", "torch",
@@ -473,8 +467,8 @@ def methodology(df: pd.DataFrame, rows: list[dict], systems: list[dict]) -> list
         lines.append(f"- Timing: {', '.join(sorted(set(ok['timing_method'].dropna())))} "
                      "(CPU: `perf_counter` after each step; CUDA: events recorded after each step, read after "
                      "one final synchronize). Warm-up steps run first and are excluded: "
-                     f"{int(ok['warmup_steps'].min())}-{int(ok['warmup_steps'].max())} per configuration. "
-                     f"Timed steps per configuration: {int(ok['timed_steps'].min())}-{int(ok['timed_steps'].max())} "
+                     f"{_span(ok['warmup_steps'])} per configuration. "
+                     f"Timed steps per configuration: {_span(ok['timed_steps'])} "
                      "(a budget of steps or seconds, whichever ends first).")
         lines.append("- Throughput = batch size / median step time; spread = interquartile range (IQR) of the "
                      f"step times; a configuration with IQR/median > {NOISY_IQR_RATIO:.0%} is flagged noisy.")
@@ -503,14 +497,24 @@ def methodology(df: pd.DataFrame, rows: list[dict], systems: list[dict]) -> list
     return lines
 
 
+def _span(values: pd.Series) -> str:
+    lo, hi = int(values.min()), int(values.max())
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
 def warnings_lines(df: pd.DataFrame) -> list[str]:
     lines = []
     ok = df[df["status"] == "ok"]
-    noisy = ok[ok["noisy"].astype(bool)]
-    for r in noisy.itertuples():
-        path = "" if r.data_path == "device" else f" ({r.data_path})"
-        lines.append(f"- noisy: {r.device_key} {r.model} bs {r.batch_size} {r.precision}{path}: IQR/median "
-                     f"{r.step_ms_iqr / r.step_ms_median:.0%}")
+    noisy = ok[ok["noisy"].astype(bool)].copy()
+    noisy["spread"] = noisy["step_ms_iqr"] / noisy["step_ms_median"]
+    keys = ["device_key", "model", "batch_size", "precision", "data_path"]
+    runs = ok.groupby(keys, sort=False).size()
+    for key, g in noisy.groupby(keys, sort=False):
+        device_key, model, bs, precision, data_path = key
+        path = "" if data_path == "device" else f" ({data_path})"
+        spread = f"{g['spread'].iloc[0]:.0%}" if len(g) == 1 else \
+            f"{g['spread'].min():.0%}-{g['spread'].max():.0%} in {len(g)} of {runs[key]} runs"
+        lines.append(f"- noisy: {device_key} {model} bs {bs} {precision}{path}: IQR/median {spread}")
     over = ok[ok["mfu"].fillna(0) > 1]
     if not over.empty:
         lines.append(f"- MFU above 100% in {len(over)} rows (up to {over['mfu'].max():.0%}, e.g. "

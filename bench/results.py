@@ -221,3 +221,37 @@ def load_predictions(folder: Path | str, row: dict) -> tuple[np.ndarray, np.ndar
         return None
     with np.load(path) as z:
         return z["predictions"], z["labels"]
+
+
+# How each results column reads in a table: (header, scale, format). Throughputs as whole images with
+# thousands separators, times to three significant figures, fractions as percentages; one format per
+# column so a column never mixes plain and scientific notation; a missing value is left blank.
+COLUMN_FORMATS: dict[str, tuple[str, float, str]] = {
+    "device_key": ("device", 1, ""),
+    "world_size": ("procs", 1, ""),
+    "channels_last": ("cl", 1, ""),
+    "train_images_per_s": ("train img/s", 1, ",.0f"),
+    "step_ms_median": ("step ms", 1, ",.3f"),
+    "step_ms_iqr": ("IQR ms", 1, ",.3f"),
+    "eval_images_per_s": ("eval img/s", 1, ",.0f"),
+    "fraction_of_ceiling": ("of ceiling", 1, ".2f"),
+    "test_accuracy": ("test acc %", 100, ".1f"),
+    "epoch_seconds": ("epoch s", 1, ",.2f"),
+    "achieved_tflops": ("TFLOP/s", 1, ".4g"),
+    "mfu": ("MFU %", 100, ".1f"),
+    "peak_memory_mb": ("peak MB", 1, ",.0f"),
+}
+
+
+def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
+    """`frame[columns]` as a markdown table, each column in its own fixed format (COLUMN_FORMATS)."""
+    view = frame[columns].copy()
+    fmts, headers = [], {}
+    for col in columns:
+        header, scale, fmt = COLUMN_FORMATS.get(col, (col, 1, ""))
+        if scale != 1:
+            view[col] = pd.to_numeric(view[col], errors="coerce") * scale
+        headers[col] = header
+        fmts.append(fmt or "g")
+    view = view.astype(object).where(view.notna(), None)
+    return view.rename(columns=headers).to_markdown(index=False, floatfmt=tuple(fmts), missingval="")

@@ -107,3 +107,27 @@ def test_methodology_says_which_data_ran(runs, tmp_path):
 def test_report_command_writes_into_the_first_run_by_default(runs, capsys):
     assert main(["report", *map(str, runs)]) == 0
     assert (runs[0] / "report.md").exists()
+
+
+def test_noisy_seeds_of_one_configuration_make_one_warning(tmp_path):
+    rows = [row("laptop", "cpu", "Laptop CPU", "tutorial", 32, "fp32", 8000, seed=s, noisy=s < 3,
+                step_ms_iqr=4.0 * (0.1 + 0.1 * s)) for s in range(4)]  # median 4 ms: 10%, 20%, 30% noisy
+    text = write_report([write_run(tmp_path / "run", LAPTOP, rows)], tmp_path / "r").read_text()
+    warnings = text.split("## Warnings")[1].split("##")[0]
+    assert warnings.count("noisy:") == 1
+    assert "tutorial bs 32 fp32: IQR/median 10%-30% in 3 of 4 runs" in warnings
+
+
+def test_results_table_keeps_one_plain_format_per_column():
+    from bench.cli import results_table
+    from bench.results import to_frame
+
+    rows = [row("h", "cpu", "CPU", "tutorial", 512, "fp32", 19702.4),
+            row("h", "cpu", "CPU", "tutorial", 4, "fp32", 950.0),
+            row("h", "cpu", "CPU", "resnet18", 512, "fp32", None, status="skipped", reason="budget")]
+    for r in rows:
+        r["test_accuracy"] = 0.6712 if r["status"] == "ok" else None
+    text = results_table(to_frame(rows))
+    assert "e+" not in text and "nan" not in text
+    assert re.search(r"\|\s+19,702\s+\|", text) and re.search(r"\|\s+950\s+\|", text)
+    assert re.search(r"\|\s+67\.1\s+\|", text)  # accuracy as a percentage
