@@ -1,0 +1,119 @@
+"""Profile one input path of the training loop (tutorial Net, fp32, CPU by default).
+
+Run a path for some seconds, under py-spy (`pip install py-spy`) to see where the processes spend
+their time, or with --torch-profiler for an operator table of 50 steps:
+
+    py-spy record -s -r 200 -f raw -o dl32.txt -- python scripts/profile_loop.py --path dataloader --batch-size 32
+    python scripts/profile_loop.py --summarize dl32.txt
+    python scripts/profile_loop.py --path device --batch-size 128 --torch-profiler
+
+Paths: ceiling (one batch already on the device), device (the harness's device-resident batches),
+dataloader (torchvision CIFAR10 + ToTensor/Normalize + DataLoader, 2 workers). Findings on the
+reference VM: reports/performance/vm-cpu-20261127-profile.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import re
+import sys
+import time
+
+# Functions whose share of samples the summary reports (inclusive: a nested one is part of its parent).
+MAIN_FRAMES = {"Trainer.step": "Trainer.step (forward, backward, optimizer)",
+               "Trainer.prepare": "  of which Trainer.prepare (batch to the device and the model's layout)",
+               "_MultiProcessingDataLoaderIter._next_data": "DataLoader: waiting for and receiving a batch",
+               "rebuild_storage_fd": "  of which rebuild_storage_fd (shared-memory tensors from the workers)",
+               "DeviceBatches.epoch": "DeviceBatches: gather, crop/flip, normalise on the device"}
+WORKER_FRAMES = {"CIFAR10.__getitem__": "CIFAR10.__getitem__ (per image)",
+                 "fromarray": "  of which PIL Image.fromarray",
+                 "ToTensor.__call__": "  of which ToTensor",
+                 "Normalize.__call__": "  of which Normalize",
+                 "default_collate": "default_collate (stacking a batch)",
+                 "Queue._feed": "Queue._feed (sending batches to the main process)",
+                 "Queue.get": "Queue.get (waiting for indices)"}
+
+
+def summarize(path: str, rate: float) -> str:
+    """Shares of py-spy raw samples (`-s -f raw`): the main loop's parts and the workers' work."""
+    main: collections.Counter = collections.Counter()
+    workers: collections.Counter = collections.Counter()
+    worker_pids = set()
+    with open(path) as f:
+        for line in f:
+            stack, count = line.rstrip().rsplit(" ", 1)
+            frames = [re.sub(r"\s*\(.*", "", fr) for fr in stack.split(";")]
+            n = int(count)
+            if len(frames) > 1 and frames[1].startswith("process "):  # a child process (DataLoader worker)
+                worker_pids.add(frames[1].split(":")[0])
+                workers["all"] += n
+                workers.update({k: n for k in WORKER_FRAMES if k in frames})
+            elif "train_epoch" in frames:
+                main["train_epoch"] += n
+                main.update({k: n for k in MAIN_FRAMES if k in frames})
+    lines = [f"main process, training loop: {main['train_epoch'] / rate:.1f} s sampled"]
+    lines += [f"  {main[k] / max(main['train_epoch'], 1):6.1%}  {label}" for k, label in MAIN_FRAMES.items() if main[k]]
+    if workers["all"]:
+        lines.append(f"{len(worker_pids)} worker processes: {workers['all'] / rate:.1f} CPU-s sampled")
+        lines += [f"  {workers[k] / workers['all']:6.1%}  {label}" for k, label in WORKER_FRAMES.items() if workers[k]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--path", choices=("ceiling", "device", "dataloader"), default="device")
+    p.add_argument("--model", default="tutorial")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--torch-profiler", action="store_true", help="print an operator table of 50 steps instead")
+    p.add_argument("--summarize", metavar="RAW", help="summarise a py-spy raw profile and exit")
+    p.add_argument("--rate", type=float, default=200.0, help="py-spy sampling rate of --summarize's file")
+    args = p.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize, args.rate))
+        return 0
+
+    import torch
+
+    from bench.config import default_channels_last
+    from cnn.data import DeviceBatches, classic_loader, get_dataset
+    from cnn.train import make_trainer, train_epoch
+
+    device = torch.device(args.device)
+    data = get_dataset("synthetic", None, warn=lambda *a: None)
+    cl = default_channels_last(args.device, args.model, args.batch_size)
+    trainer = make_trainer(args.model, device, "fp32", batch_size=args.batch_size, seed=0, channels_last=cl)
+    batches = DeviceBatches(data.train_x, data.train_y, args.batch_size, device, augment=False, seed=0,
+                            channels_last=trainer.channels_last)
+    if args.path == "dataloader":
+        loader = classic_loader(data, args.batch_size, True, workers=args.workers,
+                                pin_memory=device.type == "cuda")
+        stream = itertools.chain.from_iterable(iter(loader) for _ in itertools.count())
+    elif args.path == "device":
+        stream = itertools.chain.from_iterable(batches.epoch(e) for e in itertools.count())
+    else:
+        x, y = next(batches.epoch(0))
+        stream = itertools.repeat((x.clone(), y.clone()))
+    train_epoch(trainer, itertools.islice(stream, 5))  # warm-up (workers start)
+    if args.torch_profiler:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            train_epoch(trainer, itertools.islice(stream, 50))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        return 0
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < args.seconds:
+        train_epoch(trainer, itertools.islice(stream, 10))
+        steps += 10
+    print(f"{args.path} {args.model} bs {args.batch_size}: "
+          f"{steps * args.batch_size / (time.perf_counter() - started):,.0f} img/s over {steps} steps")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
