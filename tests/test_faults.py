@@ -31,7 +31,14 @@ def env():
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
+def _default_sigint():
+    # A test run started in the background (`cmd &`, nohup) inherits SIGINT ignored, and Python
+    # keeps an ignored SIGINT ignored: give the sweep the disposition a terminal's Ctrl-C meets.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, **kw):
+    kw.setdefault("preexec_fn", _default_sigint)
     return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
