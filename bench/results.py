@@ -224,7 +224,7 @@ def load_predictions(folder: Path | str, row: dict) -> tuple[np.ndarray, np.ndar
 
 
 # How each results column reads in a table: (header, scale, format). Throughputs as whole images with
-# thousands separators, times to three significant figures, fractions as percentages; one format per
+# thousands separators, milliseconds to three decimals, fractions as percentages; one format per
 # column so a column never mixes plain and scientific notation; a missing value is left blank.
 COLUMN_FORMATS: dict[str, tuple[str, float, str]] = {
     "device_key": ("device", 1, ""),

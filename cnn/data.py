@@ -372,9 +372,9 @@ class DeviceBatches:
     (seed, epoch) and sends them to the device once; each step is then one gather (crop and
     flip fused into the index; a plain row gather without augmentation) and one multiply-add
     that casts uint8 to float on the fly, all on the device, with no host-device copy and no
-    sync. The data is kept in the layout the
-    model consumes (NCHW, or NHWC for channels_last), so a batch needs no layout copy: every
-    temporary per step costs allocator work that shows at large batches on a CPU.
+    sync. The data is kept in the layout the model consumes (NCHW, or NHWC for channels_last),
+    so a batch needs no layout copy: every temporary per step costs allocator work that shows
+    at large batches on a CPU.
 
     Data-parallel sharding: `batch_size` is the global batch; with `world_size` > 1 the
     process of rank `rank` yields its contiguous 1/world_size slice of each global batch.
