@@ -59,6 +59,19 @@ def _stream(make_epoch):
     return itertools.chain.from_iterable(make_epoch(e) for e in itertools.count())
 
 
+def build_bench(data, model: str, batch_size: int, device: torch.device, precision: str, channels_last: bool,
+                workers: int) -> Bench:
+    """A seeded trainer and the three inputs it can step on: one fixed batch (ceiling), the
+    device-resident batches and the classic DataLoader (workers start on first use)."""
+    trainer = make_trainer(model, device, precision, batch_size=batch_size, seed=0, channels_last=channels_last)
+    batches = DeviceBatches(data.train_x, data.train_y, batch_size, device, augment=False, seed=0,
+                            channels_last=trainer.channels_last)
+    x, y = next(batches.epoch(0))
+    loader = classic_loader(data, batch_size, True, workers=workers, pin_memory=device.type == "cuda")
+    return Bench(trainer, batch_size, (x.clone(), y.clone()), _stream(batches.epoch),
+                 _stream(lambda e: iter(loader)))
+
+
 def run_variant(b: Bench, variant: str) -> float:
     """Images per second of `b.steps` steps of `variant`."""
     device = b.trainer.device
@@ -120,16 +133,10 @@ def measure_batch_sizes(args: argparse.Namespace, log=print) -> tuple[pd.DataFra
     for model in args.models:
         for bs in args.batch_sizes:
             cl = {"on": True, "off": False}.get(args.channels_last, default_channels_last(args.device, model, bs))
-            trainer = make_trainer(model, device, args.precision, batch_size=bs, seed=0, channels_last=cl)
-            batches = DeviceBatches(data.train_x, data.train_y, bs, device, augment=False, seed=0,
-                                    channels_last=trainer.channels_last)
-            x, y = next(batches.epoch(0))
-            loader = classic_loader(data, bs, True, workers=args.workers, pin_memory=device.type == "cuda")
-            b = Bench(trainer, bs, (x.clone(), y.clone()), _stream(batches.epoch),
-                      _stream(lambda e, ld=loader: iter(ld)))
+            b = build_bench(data, model, bs, device, args.precision, cl, args.workers)
             b.steps = calibrate(b, args.seconds)
             for v in VARIANTS:  # warm each path once: workers start, caches fill
-                run_variant(b, v) if v != "dataloader" else train_epoch(trainer, itertools.islice(b.loader_stream, 3))
+                run_variant(b, v) if v != "dataloader" else train_epoch(b.trainer, itertools.islice(b.loader_stream, 3))
             samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
             for r in range(args.repeats):
                 order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]

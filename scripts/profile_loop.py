@@ -80,24 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.config import default_channels_last
-    from cnn.data import DeviceBatches, classic_loader, get_dataset
-    from cnn.train import make_trainer, train_epoch
+    from bench.perf import build_bench
+    from cnn.data import get_dataset
+    from cnn.train import train_epoch
 
     device = torch.device(args.device)
     data = get_dataset("synthetic", None, warn=lambda *a: None)
     cl = default_channels_last(args.device, args.model, args.batch_size)
-    trainer = make_trainer(args.model, device, "fp32", batch_size=args.batch_size, seed=0, channels_last=cl)
-    batches = DeviceBatches(data.train_x, data.train_y, args.batch_size, device, augment=False, seed=0,
-                            channels_last=trainer.channels_last)
-    if args.path == "dataloader":
-        loader = classic_loader(data, args.batch_size, True, workers=args.workers,
-                                pin_memory=device.type == "cuda")
-        stream = itertools.chain.from_iterable(iter(loader) for _ in itertools.count())
-    elif args.path == "device":
-        stream = itertools.chain.from_iterable(batches.epoch(e) for e in itertools.count())
-    else:
-        x, y = next(batches.epoch(0))
-        stream = itertools.repeat((x.clone(), y.clone()))
+    b = build_bench(data, args.model, args.batch_size, device, "fp32", cl, args.workers)
+    trainer = b.trainer
+    stream = {"dataloader": b.loader_stream, "device": b.device_stream}.get(args.path) or itertools.repeat(b.fixed)
     train_epoch(trainer, itertools.islice(stream, 5))  # warm-up (workers start)
     if args.torch_profiler:
         from torch.profiler import ProfilerActivity, profile
