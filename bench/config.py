@@ -121,13 +121,16 @@ class Preset:
     dataloader_runs: tuple[tuple[str, int], ...] = ()
 
 
+# Every preset sweeps these: bf16 is the CPU's reduced precision (fp16 and tf32 are CUDA-only).
+SWEPT_PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": PRECISIONS}
+
 PRESET_TABLE: dict[str, Preset] = {
     # Seconds: smoke runs and tests. Tiny data, one short timed loop per configuration.
     "quick": Preset(
         name="quick",
         models=("tutorial", "tutorial-wide", "resnet18"),
         batch_sizes={"cpu": (8, 32), "cuda": (32, 256)},
-        precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
+        precisions=SWEPT_PRECISIONS,
         budget=dict(warmup_steps=1, warmup_seconds=0.5, min_steps=3, max_steps=20, max_seconds=0.3,
                     max_config_seconds=8.0, eval_max_seconds=0.2),
         accuracy_runs=(("tutorial", 32),),
@@ -144,7 +147,7 @@ PRESET_TABLE: dict[str, Preset] = {
         models=("tutorial", "tutorial-wide", "resnet18"),
         batch_sizes={"cpu": (4, 16, 32, 64, 128, 256, 512),
                      "cuda": (4, 16, 32, 64, 128, 256, 512, 1024, 2048)},
-        precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
+        precisions=SWEPT_PRECISIONS,
         budget=dict(warmup_steps=3, warmup_seconds=1.5, min_steps=5, max_steps=300, max_seconds=2.0,
                     max_config_seconds=30.0, eval_max_seconds=0.5),
         accuracy_runs=(("tutorial", 32),),
@@ -158,7 +161,7 @@ PRESET_TABLE: dict[str, Preset] = {
         models=("tutorial", "tutorial-wide", "resnet18"),
         batch_sizes={"cpu": (4, 8, 16, 32, 64, 128, 256, 512, 1024),
                      "cuda": (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)},
-        precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
+        precisions=SWEPT_PRECISIONS,
         budget=dict(warmup_steps=5, warmup_seconds=5.0, min_steps=10, max_steps=1000, max_seconds=10.0,
                     max_config_seconds=300.0, eval_max_seconds=2.0),
         accuracy_runs=(("tutorial", 4), ("tutorial", 32), ("tutorial", 128), ("tutorial-wide", 128)),
@@ -172,7 +175,7 @@ PRESET_TABLE: dict[str, Preset] = {
         name="gpu-check",
         models=("tutorial", "tutorial-wide", "resnet18"),
         batch_sizes={"cpu": (4, 32, 128), "cuda": (4, 16, 64, 256, 1024, 2048)},
-        precisions={"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")},
+        precisions=SWEPT_PRECISIONS,
         budget=dict(warmup_steps=5, warmup_seconds=0.5, min_steps=5, max_steps=200, max_seconds=0.6,
                     max_config_seconds=12.0, eval_max_seconds=0.2),
         accuracy_runs=(("tutorial", 32),),
