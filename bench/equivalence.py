@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.markdown import to_markdown
 from bench.results import load_predictions, load_run
 
 GROUP_KEYS = ("model", "batch_size", "epochs", "train_size", "test_size", "data", "augment", "data_path")
@@ -217,7 +218,7 @@ def verdict_table(frame: pd.DataFrame) -> str:
                                        "cand_acc_mean": "cand acc %", "diff_pp": "diff pp",
                                        "ci_low_pp": "CI low", "ci_high_pp": "CI high",
                                        "mcnemar_p_min": "McNemar p (min)"})
-    return view.to_markdown(index=False, floatfmt=".3g")
+    return to_markdown(view, floatfmt=".3g")
 
 
 def run_equivalence(run_dirs: Sequence[Path], margin_pp: float = 1.0, alpha: float = 0.05,

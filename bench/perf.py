@@ -35,6 +35,7 @@ import torch
 
 from bench import system, timing
 from bench.config import default_channels_last
+from bench.markdown import to_markdown
 from cnn.data import DeviceBatches, classic_loader, get_dataset
 from cnn.train import Trainer, make_trainer, train_epoch
 
@@ -236,7 +237,7 @@ def render(table: pd.DataFrame, layout: pd.DataFrame | None, args: argparse.Name
         "*direct* is the measured cost of the timer's per-step call "
         f"({table['mark_us'].median():.2f} us) over the device path's step time.",
         "",
-        show.to_markdown(index=False, disable_numparse=True),
+        to_markdown(show),
         "",
     ]
     if args.device == "cpu":
@@ -254,7 +255,7 @@ def render(table: pd.DataFrame, layout: pd.DataFrame | None, args: argparse.Name
                   "Each model's compute-only step in the default NCHW layout and in channels_last (NHWC), "
                   "interleaved; the faster one is the harness's default for this device "
                   "(`bench/config.py: CHANNELS_LAST_DEFAULT`).", "",
-                  lv.to_markdown(index=False, disable_numparse=True), ""]
+                  to_markdown(lv), ""]
     lines += [f"Python {platform.python_version()}, {info['os']}."]
     return "\n".join(lines) + "\n"
 

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.equivalence import equivalence_table, verdict_table  # noqa: E402
+from bench.markdown import to_markdown  # noqa: E402
 from bench.results import load_run, markdown_table  # noqa: E402
 from bench.timing import NOISY_IQR_RATIO  # noqa: E402
 
@@ -432,10 +433,10 @@ def system_markdown(systems: list[dict]) -> str:
         for p in s.get("peaks", []):
             peaks.append({"run": i + 1, "device": p["device"], "precision": p["precision"], "dtype": p["dtype"],
                           "matmul n": p["n"], "repeats": p["repeats"], "measured peak TFLOP/s": p["tflops"]})
-    text = frame.to_markdown()
+    text = to_markdown(frame, index=True)
     if peaks:
         text += "\n\nMeasured peaks (square matmul in the run's compute dtype, median of repeats; MFU divides by " \
-                "these, not by datasheet numbers):\n\n" + pd.DataFrame(peaks).to_markdown(index=False, floatfmt=".4g")
+                "these, not by datasheet numbers):\n\n" + to_markdown(pd.DataFrame(peaks), floatfmt=".4g")
     return text
 
 
@@ -534,7 +535,7 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
         return "(no results)"
     tp = throughput(df)
     eq = equivalence_table(run_dirs, margin_pp, warn=warn)
-    text = headline(df, tp, eq).to_markdown(index=False)
+    text = to_markdown(headline(df, tp, eq))
     counts = df["status"].value_counts()
     text += "\n\nconfigurations: " + ", ".join(f"{n} {k}" for k, n in counts.items())
     if not eq.empty:
@@ -590,7 +591,7 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         "",
         *[f"- {line}" for line in summary_lines(df, tp, eq)],
         "",
-        headline(df, tp, eq).to_markdown(index=False),
+        to_markdown(headline(df, tp, eq)),
         "",
     ]
     for title, name in figures.items():

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.markdown import to_markdown
+
 STATUSES = ("ok", "oom", "skipped", "diverged", "failed")
 
 # CSV columns, in order, and what each one means. Rows are dicts with these keys (and more).
@@ -254,4 +256,4 @@ def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
         headers[col] = header
         fmts.append(fmt or "g")
     view = view.astype(object).where(view.notna(), None)
-    return view.rename(columns=headers).to_markdown(index=False, floatfmt=tuple(fmts), missingval="")
+    return to_markdown(view.rename(columns=headers), floatfmt=tuple(fmts))

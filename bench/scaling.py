@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.markdown import to_markdown  # noqa: E402
+
 SCALING_KEYS = ["device_key", "device_kind", "model", "precision", "batch_size", "channels_last", "compile"]
 
 
@@ -84,7 +86,7 @@ def scaling_markdown(table: pd.DataFrame) -> str:
         "threads_per_process": "threads/process", "images_per_s": "global img/s", "step_ms": "step ms (slowest rank)",
         "comm_share": "comm share (est.)", "vs_one_process_same_cores": "vs 1 proc, same cores"})
     view = view.sort_values(["device", "model", "precision", "global batch", "threads/process", "processes"])
-    return view.to_markdown(index=False)
+    return to_markdown(view)
 
 
 def fig_scaling(df: pd.DataFrame, out: Path) -> str | None:
