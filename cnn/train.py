@@ -105,6 +105,12 @@ class Trainer:
         return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
 
     @property
+    def net(self) -> nn.Module:
+        """What a step calls: the compiled model when compiling. (Not `compiled or model`:
+        truth-testing a module calls its `__len__`, which a compiled plain module lacks.)"""
+        return self.model if self.compiled is None else self.compiled
+
+    @property
     def distributed(self) -> bool:
         return isinstance(self.model, DistributedDataParallel)
 
@@ -135,7 +141,7 @@ class Trainer:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One forward, backward and optimizer step. Returns the loss, detached, unsynced."""
         x, y = self.prepare(x, y)
-        net = self.compiled or self.model
+        net = self.net
         if self.compile_mode == "reduce-overhead":
             # CUDA graphs replay into the same output buffers: mark each training step so
             # the previous step's outputs are not overwritten while still in use.
@@ -251,7 +257,7 @@ def evaluate(
     trainer.model.eval()
     # Under DDP evaluation runs on one rank with the bare module: DDP's forward may talk to
     # the other ranks (buffer broadcast). A compiled DDP model is evaluated uncompiled.
-    net = trainer.module if trainer.distributed else (trainer.compiled or trainer.model)
+    net = trainer.module if trainer.distributed else trainer.net
     preds, correct, loss_sum, n = [], torch.zeros((), dtype=torch.int64, device=trainer.device), \
         torch.zeros((), device=trainer.device), 0
     with matmul_precision(trainer.device, trainer.precision):
