@@ -1,7 +1,8 @@
 """`cifar-bench` / `python -m bench`: run, report, equivalence, perf.
 
 Input is validated here, at the edge: a bad value ends the command with one line naming
-the value and what was expected, and exit status 2 (no traceback).
+the value and what was expected, and exit status 2 (no traceback). `run` exits 1 when a
+configuration failed (everything else is saved first), 130 when interrupted.
 
 `run --nproc N` (and `--nnodes` ...) validates the arguments, then re-executes the same
 command through torchrun (`python -m torch.distributed.run ... -m bench run ...`) without
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+EXIT_FAILED = 1  # run: a configuration failed (after saving everything)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -205,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cpu-reference", action="store_true",
                      help="for a CUDA-only sweep, skip the CPU fp32 runs the accuracy check compares with")
     run.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<host>-<devices>-<time>)")
-    run.add_argument("--resume", action="store_true", help="continue the sweep recorded in --out")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the sweep recorded in --out: run what is missing and what failed")
+    run.add_argument("--retry-all", action="store_true",
+                     help="with --resume, also run again what was recorded oom, skipped or diverged")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     scale = run.add_argument_group("scaling out (torch.distributed, DDP, launched through torchrun)")
     scale.add_argument("--nproc", type=positive_int, default=None,
@@ -345,6 +350,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out} is a file, expected a folder")
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out RUN_DIR (the folder of the sweep to continue)")
+    if args.retry_all and not args.resume:
+        raise UsageError("--retry-all only applies with --resume")
     grid_given = any(v is not None for v in (args.models, args.batch_sizes, args.precisions, args.epochs,
                                              args.seeds, args.seed, args.threads))
     world = (args.nproc or 1) * (args.nnodes or 1) if launch else (topo.world_size if topo else 1)
@@ -391,7 +398,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     log=lambda m: print(m, flush=True), progress=False if args.no_progress else None)
     started = time.perf_counter()
     try:
-        rows = runner.run(configs, resume=args.resume)
+        rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all)
     except (RunFolderError, DataError) as e:
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
@@ -401,9 +408,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     all_rows = runner.store.load()
     print(results_table(to_frame(all_rows)))
+    return _finish(rows, f"in {time.perf_counter() - started:.0f} s; results in {out}")
+
+
+def _finish(rows: list[dict], where: str) -> int:
+    """The sweep's last line, and its exit status: 1 when a configuration failed (the
+    harness or the machine, not a result: everything else was saved; --resume runs it again)."""
     n_ok = sum(r.get("status") == "ok" for r in rows)
-    print(f"cifar-bench: {len(rows)} configurations run ({n_ok} ok) in {time.perf_counter() - started:.0f} s; "
-          f"results in {out}")
+    failed = [r for r in rows if r.get("status") == "failed"]
+    print(f"cifar-bench: {len(rows)} configurations run ({n_ok} ok) {where}")
+    if failed:
+        print(f"cifar-bench: error: {len(failed)} configuration(s) failed (see errors.log); the other results are "
+              "saved, and `--resume` runs the failed ones again", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -425,7 +442,7 @@ def _run_worker(args: argparse.Namespace, topo, configs: list, out: Path) -> int
                         progress=False if args.no_progress else None, dist=dist)
         started = time.perf_counter()
         try:
-            rows = runner.run(configs, resume=args.resume)
+            rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all)
         except (RunFolderError, DataError) as e:
             if dist.is_main:
                 raise UsageError(str(e)) from None
@@ -440,9 +457,8 @@ def _run_worker(args: argparse.Namespace, topo, configs: list, out: Path) -> int
             return EXIT_INTERRUPTED
         if dist.is_main:
             print(results_table(to_frame(runner.store.load())))
-            n_ok = sum(r.get("status") == "ok" for r in rows)
-            print(f"cifar-bench: {len(rows)} configurations run ({n_ok} ok) on {topo.world_size} processes in "
-                  f"{time.perf_counter() - started:.0f} s; results in {out}")
+            return _finish(rows, f"on {topo.world_size} processes in {time.perf_counter() - started:.0f} s; "
+                                 f"results in {out}")
         return 0
     finally:
         dist.close()

@@ -1,13 +1,17 @@
 """What one measured run is (`RunConfig`) and the sweep presets.
 
 A RunConfig is frozen and hashable: it is passed whole through the runner, stored with
-every result, and its `key()` identifies the run for `--resume` and for grouping.
+every result, and its `key()` identifies the run for `--resume` and for grouping. The key
+is what was measured, not how long: the budget fields (BUDGET_FIELDS) stay out of it, so a
+sweep resumed with another `--max-seconds` does not run its configurations twice.
 
-Every configuration has a time budget: warm-up up to `warmup_steps` or `warmup_seconds`,
-timed steps up to `max_steps` or `max_seconds` (whichever comes first) but at least
-`min_steps`, and `max_config_seconds` for the whole throughput measurement: the runner
-skips a configuration whose predicted cost exceeds it (bf16 ResNet-18 on a CPU without
-native bf16 runs about 20x slower than fp32, and must not stall a sweep).
+Every configuration has a time budget (bench/protocol.py applies it): warm-up until the
+step time settles (at most `warmup_steps` or `warmup_seconds` after the first step, never
+charged to the budget), then at least `min_steps` timed steps of the loop and of its
+compute-only ceiling, more until the median is known within `target_ci` or `max_seconds`
+(or `max_steps`) ends; `max_config_seconds` bounds the fewest steps the method needs: a
+configuration predicted to exceed it is skipped (bf16 ResNet-18 on a CPU without native
+bf16 runs about 20x slower than fp32, and must not stall a sweep).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from cnn.models import model_names
 from cnn.train import PRECISIONS
 
 DEVICES = ("cpu", "cuda")
+BUDGET_FIELDS = ("warmup_steps", "warmup_seconds", "min_steps", "max_steps", "max_seconds", "target_ci",
+                 "max_config_seconds", "eval_max_seconds")
 DATA_PATHS = ("device", "dataloader")
 PRESETS = ("quick", "standard", "full", "gpu-check")
 
@@ -44,18 +50,21 @@ class RunConfig:
     augment: bool = False  # 4-pixel padded random crop + horizontal flip
     lr: float | None = None  # None: cnn.models.default_lr(model, batch_size)
     target_accuracy: float | None = None  # record time to reach it (fraction, 0..1)
-    # Budget of the throughput loop.
-    warmup_steps: int = 3
+    stop_at_target: bool = False  # time-to-accuracy runs: `epochs` is a bound, stop at the target
+    # Budget (BUDGET_FIELDS): how long to measure, not what.
+    warmup_steps: int = 50
     warmup_seconds: float = 2.0
-    min_steps: int = 5
-    max_steps: int = 200
+    min_steps: int = 10
+    max_steps: int = 1000
     max_seconds: float = 3.0
+    target_ci: float = 0.03
     max_config_seconds: float = 60.0
     eval_max_seconds: float = 1.0
 
     def key(self) -> str:
-        """A stable identity: every field, canonical JSON."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        """A stable identity: every field but the budget's, canonical JSON."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in BUDGET_FIELDS}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     def short_id(self) -> str:
         return hashlib.sha1(self.key().encode()).hexdigest()[:12]
@@ -131,8 +140,8 @@ PRESET_TABLE: dict[str, Preset] = {
         models=("tutorial", "tutorial-wide", "resnet18"),
         batch_sizes={"cpu": (8, 32), "cuda": (32, 256)},
         precisions=SWEPT_PRECISIONS,
-        budget=dict(warmup_steps=1, warmup_seconds=0.5, min_steps=3, max_steps=20, max_seconds=0.3,
-                    max_config_seconds=8.0, eval_max_seconds=0.2),
+        budget=dict(warmup_steps=20, warmup_seconds=0.3, min_steps=10, max_steps=200, max_seconds=0.4,
+                    target_ci=0.05, max_config_seconds=8.0, eval_max_seconds=0.2),
         accuracy_runs=(("tutorial", 32),),
         accuracy_epochs=2,
         seeds=(0,),
@@ -148,8 +157,8 @@ PRESET_TABLE: dict[str, Preset] = {
         batch_sizes={"cpu": (4, 16, 32, 64, 128, 256, 512),
                      "cuda": (4, 16, 32, 64, 128, 256, 512, 1024, 2048)},
         precisions=SWEPT_PRECISIONS,
-        budget=dict(warmup_steps=3, warmup_seconds=1.5, min_steps=5, max_steps=300, max_seconds=2.0,
-                    max_config_seconds=30.0, eval_max_seconds=0.5),
+        budget=dict(warmup_steps=50, warmup_seconds=1.0, min_steps=10, max_steps=1000, max_seconds=2.5,
+                    target_ci=0.03, max_config_seconds=30.0, eval_max_seconds=0.5),
         accuracy_runs=(("tutorial", 32),),
         accuracy_epochs=2,
         seeds=(0, 1, 2, 3),
@@ -162,8 +171,8 @@ PRESET_TABLE: dict[str, Preset] = {
         batch_sizes={"cpu": (4, 8, 16, 32, 64, 128, 256, 512, 1024),
                      "cuda": (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)},
         precisions=SWEPT_PRECISIONS,
-        budget=dict(warmup_steps=5, warmup_seconds=5.0, min_steps=10, max_steps=1000, max_seconds=10.0,
-                    max_config_seconds=300.0, eval_max_seconds=2.0),
+        budget=dict(warmup_steps=100, warmup_seconds=5.0, min_steps=20, max_steps=5000, max_seconds=10.0,
+                    target_ci=0.02, max_config_seconds=300.0, eval_max_seconds=2.0),
         accuracy_runs=(("tutorial", 4), ("tutorial", 32), ("tutorial", 128), ("tutorial-wide", 128)),
         accuracy_epochs=2,
         seeds=(0, 1, 2),
@@ -176,8 +185,8 @@ PRESET_TABLE: dict[str, Preset] = {
         models=("tutorial", "tutorial-wide", "resnet18"),
         batch_sizes={"cpu": (4, 32, 128), "cuda": (4, 16, 64, 256, 1024, 2048)},
         precisions=SWEPT_PRECISIONS,
-        budget=dict(warmup_steps=5, warmup_seconds=0.5, min_steps=5, max_steps=200, max_seconds=0.6,
-                    max_config_seconds=12.0, eval_max_seconds=0.2),
+        budget=dict(warmup_steps=50, warmup_seconds=0.5, min_steps=10, max_steps=2000, max_seconds=0.6,
+                    target_ci=0.03, max_config_seconds=12.0, eval_max_seconds=0.2),
         accuracy_runs=(("tutorial", 32),),
         accuracy_epochs=2,
         seeds=(0, 1, 2, 3),
@@ -270,7 +279,15 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
                 for bs in sorted(set(req.batch_sizes or ())):
                     for seed in seeds:
                         add("cpu", model, bs, "fp32", seed, req.epochs, "device")
-    return list(dict.fromkeys(configs))  # drop exact duplicates, keep order
+    configs = list(dict.fromkeys(configs))  # drop exact duplicates, keep order
+    # The CPU fp32 accuracy runs are every equivalence pair's reference: they run first, so
+    # a sweep cut short (a stage limit, Ctrl-C) still has them.
+    return sorted(configs, key=lambda c: not is_reference(c))
+
+
+def is_reference(cfg: RunConfig) -> bool:
+    """A CPU fp32 accuracy run: what the equivalence check compares everything with."""
+    return cfg.epochs > 0 and cfg.device == "cpu" and cfg.precision == "fp32" and cfg.data_path == "device"
 
 
 def preset_names() -> tuple[str, ...]:

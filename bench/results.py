@@ -7,6 +7,8 @@ A run folder holds:
                   per-epoch accuracy and seconds; distributed rows (written by rank 0
                   only) add per-rank lists in rank order: rank_step_ms_median,
                   rank_hosts, rank_threads, rank_peak_memory_mb.
+                  A resumed sweep appends a rerun's row after the old one: readers keep the
+                  latest row of each configuration (`latest_rows`).
   results.csv     the scalar columns of the same rows, rewritten through pandas after each
   system.json     machine and software facts, and the measured peaks
   predictions/    per-example test predictions of each accuracy run (<id>.npz, uint8),
@@ -47,30 +49,45 @@ COLUMNS: dict[str, str] = {
     "seed": "seed of initial weights, batch order and augmentation",
     "epochs": "full training epochs for accuracy (0: throughput only)",
     "threads": "torch CPU threads in use",
-    "train_images_per_s": "steady-state training throughput: batch / median step time (distributed: "
-                          "global batch / the slowest rank's median step time)",
-    "step_ms_median": "median training step time (ms; distributed: the slowest rank's)",
+    "train_images_per_s": "training throughput, the headline: images / total timed time, every timed step "
+                          "counted (distributed: global images / the slowest rank's total time)",
+    "step_ms_median": "median training step time (ms; distributed: the slowest rank's); a stability figure",
     "step_ms_iqr": "interquartile range of step times (ms)",
+    "median_ci": "half-width of the median step time's 95% confidence interval / the median (0.03 = +-3%)",
     "noisy": "IQR/median > 10%",
-    "timed_steps": "steps in the timed loop",
-    "warmup_steps": "steps run before timing (excluded)",
-    "warmup_seconds": "wall time of the warm-up steps (includes compilation / autotuning)",
+    "timed_steps": "timed steps of the training loop (the ceiling got as many)",
+    "rounds": "interleaved rounds of loop and ceiling (bench/protocol.py)",
+    "warmup_steps": "steps run before timing (excluded), until the step time settled",
+    "warmup_seconds": "wall time of the warm-up steps (not charged to the budget)",
+    "warmup_settled": "warm-up ended because two consecutive steps agreed within 10% (not on its bound)",
+    "startup_seconds": "warm-up time beyond steady steps: compilation, cuDNN autotuning, first allocations",
     "timing_method": "perf_counter (CPU) or cuda_event",
-    "compile_seconds": "first warm-up step with torch.compile (compilation), when compiling",
-    "ceiling_images_per_s": "compute-only ceiling: the same step on one batch already on the device",
-    "fraction_of_ceiling": "train_images_per_s / ceiling_images_per_s",
+    "compile_seconds": "startup_seconds of a torch.compile run: the compilation",
+    "ceiling_images_per_s": "compute-only ceiling: the same step on one batch already on the device, timed "
+                            "in rounds interleaved with the loop",
+    "fraction_of_ceiling": "train_images_per_s / ceiling_images_per_s (above 1.05: flagged, a measurement problem)",
     "epoch_seconds": "median wall time of one full training epoch, data included",
     "eval_images_per_s": "evaluation throughput (inference mode; distributed: rank 0 alone)",
     "test_accuracy": "test accuracy after the configured epochs (fraction)",
     "target_accuracy": "target accuracy, when set",
-    "time_to_target_s": "training seconds until the target accuracy was first reached",
+    "time_to_target_s": "training seconds (evaluation excluded) until the target accuracy was first reached",
+    "epochs_to_target": "epochs until the target accuracy was first reached",
+    "stop_at_target": "a time-to-accuracy run: epochs is a bound, training stopped at the target",
     "flops_per_image": "training FLOPs per image (forward + backward, FlopCounterMode)",
     "achieved_tflops": "flops_per_image * train_images_per_s / 1e12",
-    "peak_tflops": "measured matmul peak of this device in this precision (distributed: x world_size)",
-    "mfu": "achieved_tflops / peak_tflops",
-    "peak_memory_mb": "CUDA max allocated, or CPU peak resident set size (MB; distributed: the largest rank's)",
-    "memory_kind": "cuda_max_allocated | cpu_peak_rss",
-    "cpu_percent": "process CPU time / wall time (100 = one core; distributed: summed over ranks)",
+    "peak_tflops": "measured matmul peak of this device in this precision, the fastest of its repeats, probed "
+                   "before the sweep (distributed: x world_size)",
+    "mfu": "achieved_tflops / peak_tflops: the share of the measured matmul peak (above 100%: flagged)",
+    "peak_memory_mb": "the configuration's own peak memory over what it started from, dataset excluded (MB; "
+                      "distributed: the largest rank's)",
+    "peak_memory_total_mb": "the process's absolute peak during the configuration (CPU: VmHWM; CUDA: max "
+                            "allocated, resident dataset included)",
+    "dataset_mb": "the resident dataset on the device (uint8 images and labels), placed before the window",
+    "memory_kind": "cpu_vmhwm (kernel high-water mark, reset per configuration) | cpu_rss_sampled | "
+                   "cuda_max_allocated",
+    "cpu_percent": "CPU time of the process and its children (DataLoader workers) / wall time (100 = one core; "
+                   "distributed: summed over ranks)",
+    "flags": "measurement problems of this row (MFU > 100%, of ceiling > 1.05, unsettled warm-up), '; '-joined",
     "lr": "SGD learning rate used",
     "train_size": "training images available",
     "test_size": "test images evaluated",
@@ -121,6 +138,26 @@ def read_jsonl(path: Path, warn=None) -> list[dict]:
     return rows
 
 
+def row_key(row: dict) -> str | None:
+    """The configuration key of a stored row, recomputed from its stored configuration (so
+    rows written before a change of what the key covers still match)."""
+    from bench.config import RunConfig
+
+    if isinstance(row.get("config"), dict):
+        return RunConfig.from_dict(row["config"]).key()
+    return row.get("config_key")
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per configuration, the last one written (a resumed sweep appends the rerun of
+    a failed configuration after it), in the order of first appearance."""
+    latest: dict = {}
+    for i, row in enumerate(rows):
+        k = row_key(row)
+        latest[k if k is not None else ("row", i)] = row
+    return list(latest.values())
+
+
 def _clean(value):
     """JSON-safe: NaN/inf become null, numpy scalars become Python ones."""
     if isinstance(value, (np.floating, np.integer)):
@@ -145,7 +182,8 @@ class ResultsStore:
         self.predictions = self.folder / "predictions"
 
     def load(self, warn=None) -> list[dict]:
-        return read_jsonl(self.jsonl, warn)
+        """The latest row of each configuration."""
+        return latest_rows(read_jsonl(self.jsonl, warn))
 
     def repair(self, warn=None) -> list[dict]:
         """Load, and if torn lines were found rewrite the file with the good rows only
@@ -200,7 +238,7 @@ def load_run(folder: Path | str, warn=None) -> tuple[pd.DataFrame, list[dict], d
         raise ResultsError(f"{folder} holds no results.jsonl; is it a run folder from `cifar-bench run`?")
     if not os.access(folder / "results.jsonl", os.R_OK):
         raise ResultsError(f"cannot read {folder / 'results.jsonl'} (permission denied)")
-    rows = read_jsonl(folder / "results.jsonl", warn)
+    rows = latest_rows(read_jsonl(folder / "results.jsonl", warn))
     for r in rows:
         r["run_dir"] = str(folder)
     system = {}

@@ -1,5 +1,5 @@
 """Machine and software facts (system.json), the measured peak of each device and dtype,
-FLOPs per image, and per-run resource use (peak memory, CPU utilisation)."""
+and FLOPs per image (resource use per configuration: bench/resources.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import platform
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import psutil
@@ -107,31 +106,40 @@ def device_name(device: str) -> str:
 # --------------------------------------------------------------------------------------
 
 PROBE_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, **AUTOCAST_DTYPES}
+PROBE_MIN_SECONDS = {"cpu": 0.05, "cuda": 0.002}
+PROBE_MAX_N = {"cpu": 4096, "cuda": 16384}
 
 
 def measure_peak_tflops(device: str, precision: str, seconds: float | None = None) -> dict:
-    """TFLOP/s of a square matmul in `precision`'s compute dtype on `device` (median of
-    repeats). The size is large enough to be compute-bound on the device type."""
+    """TFLOP/s of a square matmul in `precision`'s compute dtype on `device`: a peak is a
+    maximum, so the fastest of the repeats counts (the median is kept beside it). The size
+    is fitted to the machine: doubled until one matmul takes PROBE_MIN_SECONDS (so clock
+    and launch costs vanish), up to PROBE_MAX_N."""
     d = torch.device(device)
     dtype = PROBE_DTYPES[precision]
-    n = 8192 if d.type == "cuda" else 2048
-    a = torch.randn(n, n, device=d).to(dtype)
-    b = torch.randn(n, n, device=d).to(dtype)
+    target, n, max_n = PROBE_MIN_SECONDS[d.type], 256 if d.type == "cpu" else 2048, PROBE_MAX_N[d.type]
     saved = None
     if d.type == "cuda":
         saved = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     try:
+        while True:
+            a = torch.randn(n, n, device=d).to(dtype)
+            b = torch.randn(n, n, device=d).to(dtype)
+            one = min(timing.time_repeated(lambda a=a, b=b: torch.mm(a, b), d, min_repeats=2, max_seconds=0.0))
+            if one >= target or n >= max_n:
+                break
+            n *= 2
         if seconds is None:
             seconds = 0.5 if d.type == "cuda" else 1.0
-        times = timing.time_repeated(lambda: torch.mm(a, b), d, min_repeats=5, max_seconds=seconds, warmup=2)
+        times = timing.time_repeated(lambda: torch.mm(a, b), d, min_repeats=5, max_seconds=seconds, warmup=1)
     finally:
         if saved is not None:
             torch.backends.cuda.matmul.allow_tf32 = saved
-    median = timing.quartiles(times)[1]
+    best, median = min(times), timing.quartiles(times)[1]
     return {"device": device, "precision": precision, "dtype": str(dtype).replace("torch.", ""),
-            "n": n, "repeats": len(times), "seconds_median": median,
-            "tflops": 2 * n**3 / median / 1e12}
+            "n": n, "repeats": len(times), "seconds_min": best, "seconds_median": median,
+            "tflops": 2 * n**3 / best / 1e12, "tflops_median": 2 * n**3 / median / 1e12}
 
 
 @functools.cache
@@ -154,53 +162,3 @@ def inference_flops_per_image(model_name: str) -> int:
     with counter, torch.no_grad():
         model(torch.randn(2, 3, 32, 32))
     return counter.get_total_flops() // 2
-
-
-# --------------------------------------------------------------------------------------
-# Resource use during one configuration
-# --------------------------------------------------------------------------------------
-
-class ResourceMonitor:
-    """Peak memory and CPU utilisation of this process over a block.
-
-    CUDA: the caching allocator's max allocated bytes (exact). CPU: peak resident set size,
-    sampled with psutil every `interval` seconds by a background thread (a sample every
-    0.1 s costs a few microseconds of one core). CPU utilisation: process CPU time over
-    wall time, 100% = one core busy."""
-
-    def __init__(self, device: str, interval: float = 0.1):
-        self.device = torch.device(device)
-        self.interval = interval
-        self.proc = psutil.Process()
-        self.peak_rss = 0
-        self._stop = threading.Event()
-        self.peak_memory_mb = float("nan")
-        self.memory_kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss"
-        self.cpu_percent = float("nan")
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
-
-    def __enter__(self) -> ResourceMonitor:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.peak_rss = self.proc.memory_info().rss
-        self._cpu0 = self.proc.cpu_times()
-        self._t0 = timing.now()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        wall = timing.now() - self._t0
-        cpu1 = self.proc.cpu_times()
-        busy = (cpu1.user - self._cpu0.user) + (cpu1.system - self._cpu0.system)
-        self.cpu_percent = 100.0 * busy / wall if wall > 0 else float("nan")
-        if self.device.type == "cuda":
-            self.peak_memory_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
-            self.peak_memory_mb = self.peak_rss / 2**20

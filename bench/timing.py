@@ -11,9 +11,16 @@ Whole epochs and evaluation passes (data included) use `Stopwatch`: synchronise,
 clock, run, synchronise, read again.
 
 Warm-up steps (allocator growth, cuDNN autotuning, torch.compile) run before the timed
-loop and are counted, never mixed into the samples. Raw samples are kept; median and IQR
-are derived on demand, and a measurement whose IQR/median exceeds 10% is flagged noisy,
-as torch.utils.benchmark does.
+loop and are counted, never mixed into the samples (bench/protocol.py decides how many).
+Raw samples are kept and everything else is derived from them: the headline throughput is
+items / total timed time (what a user's training run would see, stalls included); the
+median and IQR are the stability figures, and a measurement whose IQR/median exceeds 10%
+is flagged noisy, as torch.utils.benchmark does. `median_ci` is the distribution-free
+confidence interval of the median (order statistics), which decides when enough samples
+were taken.
+
+The CUDA path takes its event class and synchronize function as arguments, so tests drive
+it on the CPU with fake events.
 """
 
 from __future__ import annotations
@@ -26,10 +33,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+from scipy import stats
 
 Clock = Callable[[], float]
 T = TypeVar("T")
 NOISY_IQR_RATIO = 0.10
+CI_LEVEL = 0.95
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -49,15 +58,30 @@ def quartiles(samples: Sequence[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+def median_ci(samples: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: the order statistics whose
+    ranks a Binomial(n, 1/2) brackets with probability >= `level`. Needs no assumption
+    about the step-time distribution (skewed, with stalls). With too few samples for the
+    level (n < 6 at 95%) the interval is the whole range."""
+    xs = sorted(samples)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no samples")
+    # the largest k with P(B <= k - 1) <= (1 - level) / 2: the CI is [x_(k), x_(n-k+1)] (1-based)
+    k = int(stats.binom.ppf((1 - level) / 2, n, 0.5))
+    if k >= 1 and stats.binom.cdf(k - 1, n, 0.5) > (1 - level) / 2:
+        k -= 1
+    k = max(k, 1)
+    return xs[k - 1], xs[n - k]
+
+
 @dataclass(frozen=True)
 class Measurement:
     """Raw per-step times of one timed loop and what they measured."""
 
     samples: tuple[float, ...]  # seconds per step, in order
     items_per_step: int  # images per step (the batch size)
-    warmup_steps: int
-    warmup_seconds: float
-    method: str  # "perf_counter" or "cuda_event"
+    method: str = ""  # "perf_counter" or "cuda_event"
 
     @property
     def median(self) -> float:
@@ -77,8 +101,19 @@ class Measurement:
         return self.iqr / self.median > NOISY_IQR_RATIO if self.median > 0 else True
 
     @property
+    def ci_relative(self) -> float:
+        """Half-width of the median's confidence interval over the median (0.03 = +-3%)."""
+        lo, hi = median_ci(self.samples)
+        return (hi - lo) / 2 / self.median if self.median > 0 else float("inf")
+
+    @property
     def items_per_second(self) -> float:
-        """Steady-state throughput: items per step over the median step time."""
+        """The headline: items over the total timed time (every step counts, stalls too)."""
+        return self.items_per_step * len(self.samples) / self.total if self.total > 0 else float("nan")
+
+    @property
+    def items_per_second_median(self) -> float:
+        """Items per step over the median step: the typical step, stalls left out."""
         return self.items_per_step / self.median if self.median > 0 else float("nan")
 
 
@@ -118,23 +153,29 @@ def steps_within(step_seconds: float, min_steps: int, max_steps: int, max_second
 
 class StepTimer:
     """Times consecutive steps on `device`. Call `start()` before the first step and
-    `mark()` after each; `mark()` returns True when the budget says stop."""
+    `mark()` after each; `mark()` returns True when the budget says stop.
+
+    `events` and `sync` replace `torch.cuda.Event` and `torch.cuda.synchronize` on the CUDA
+    path (tests pass fakes to run it without a GPU)."""
 
     def __init__(self, device: torch.device | str, min_steps: int, max_steps: int, max_seconds: float,
-                 clock: Clock = time.perf_counter):
+                 clock: Clock = time.perf_counter, events: Callable[..., object] | None = None,
+                 sync: Callable[[torch.device], None] | None = None):
         self.device = torch.device(device)
         self.clock = clock
         self.min_steps, self.max_steps, self.max_seconds = min_steps, max(max_steps, min_steps), max_seconds
         self.cuda = self.device.type == "cuda"
+        self._event = events if events is not None else (torch.cuda.Event if self.cuda else None)
+        self._sync = sync if sync is not None else synchronize
         self._marks: list = []
         self._deadline: Deadline | None = None
 
     def start(self) -> None:
-        synchronize(self.device)  # the timed loop starts from an idle device
+        self._sync(self.device)  # the timed loop starts from an idle device
         self._deadline = Deadline(self.min_steps, self.max_steps, self.max_seconds, self.clock)
         if self.cuda:
             # Pre-created events: creating one per step would cost more than recording it.
-            self._events = [torch.cuda.Event(enable_timing=True) for _ in range(self.max_steps + 1)]
+            self._events = [self._event(enable_timing=True) for _ in range(self.max_steps + 1)]
             self._events[0].record()
             self._marks = [self._events[0]]
         else:

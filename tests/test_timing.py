@@ -30,12 +30,13 @@ def test_quartiles_by_hand():
 
 
 def test_measurement_statistics_by_hand():
-    m = Measurement((0.010, 0.011, 0.012, 0.010, 0.030), 32, 3, 0.5, "perf_counter")
+    m = Measurement((0.010, 0.011, 0.012, 0.010, 0.030), 32, "perf_counter")
     assert m.median == pytest.approx(0.011)
     assert m.iqr == pytest.approx(0.012 - 0.010)
     assert m.noisy  # 0.002 / 0.011 = 18% > 10%
-    assert m.items_per_second == pytest.approx(32 / 0.011)
-    steady = Measurement((0.010, 0.0101, 0.0102, 0.0099), 32, 3, 0.5, "perf_counter")
+    assert m.items_per_second == pytest.approx(5 * 32 / 0.073)  # the headline: images / total time
+    assert m.items_per_second_median == pytest.approx(32 / 0.011)
+    steady = Measurement((0.010, 0.0101, 0.0102, 0.0099), 32, "perf_counter")
     assert not steady.noisy
 
 

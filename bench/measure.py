@@ -1,0 +1,225 @@
+"""One configuration, measured: its trainer, its data on the device, the protocol's loops
+(bench/protocol.py) and the row's figures (throughput, ceiling, evaluation, FLOPs, MFU,
+accuracy). The sweep (bench/runner.py) decides what runs and records the outcome.
+
+Data parallel (`dist` given): the model is in DistributedDataParallel, each rank steps on
+its shard of the global batch, and the policy's `agree` makes every loop's length the same
+on all ranks. Instead of the compute-only ceiling, the timed rounds interleave steps under
+DDP's no_sync (no gradient all-reduce) to estimate the exposed communication. Rank 0 alone
+evaluates and saves predictions; the others wait at barriers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from bench import protocol, system, timing
+from bench.config import RunConfig
+from cnn.data import Cifar10Arrays, DeviceBatches, classic_loader
+from cnn.train import Trainer, evaluate, make_trainer, train_epoch
+
+CEILING_FLAG = 1.05  # a loop measured faster than its own ceiling by more than this is noise, not speed
+
+
+def policy_for(cfg: RunConfig, agree: Callable[[float], float] | None = None, **overrides) -> protocol.Policy:
+    p = protocol.Policy(min_steps=cfg.min_steps, max_steps=cfg.max_steps, max_seconds=cfg.max_seconds,
+                        target_ci=cfg.target_ci, warmup_steps=cfg.warmup_steps, warmup_seconds=cfg.warmup_seconds,
+                        max_config_seconds=cfg.max_config_seconds, **overrides)
+    if agree is not None:
+        p = protocol.replace(p, agree=agree)
+    return protocol.with_min_warmup(p, cfg.compile or cfg.compile_mode == "reduce-overhead")
+
+
+def _forever(make_epoch: Callable[[int], Iterator]) -> Iterator:
+    # Throughput loops draw from epochs numbered from 10_000 so their batches never
+    # coincide with the accuracy epochs'; the model is reset in between anyway.
+    return itertools.chain.from_iterable(make_epoch(10_000 + e) for e in itertools.count())
+
+
+@dataclass
+class Inputs:
+    """A configuration's data on its device: train batches by epoch, test batches, and the
+    bytes the resident copy holds (reported apart from the configuration's own memory)."""
+
+    train_epoch: Callable[[int], Iterator]
+    test: Callable[[], Iterator]
+    data: Cifar10Arrays
+    dataset_bytes: int
+
+
+class InputCache:
+    """Keeps one device copy of the data per device, size and layout: consecutive
+    configurations of a sweep reuse it, a new layout replaces it."""
+
+    def __init__(self):
+        self._key, self._batches = None, None
+
+    def clear(self) -> None:
+        self._key, self._batches = None, None
+
+    def get(self, data: Cifar10Arrays, cfg: RunConfig, device: torch.device, rank: int = 0,
+            world_size: int = 1) -> Inputs:
+        data = data.subset(cfg.train_size, cfg.test_size)
+        if cfg.data_path == "dataloader":
+            pin = device.type == "cuda"
+            train = classic_loader(data, cfg.batch_size, True, pin_memory=pin, augment=cfg.augment, seed=cfg.seed)
+            test = classic_loader(data, cfg.batch_size, False, pin_memory=pin, workers=2)
+            return Inputs(lambda epoch: iter(train), lambda: iter(test), data, 0)
+        key = (str(device), cfg.train_size, cfg.test_size, cfg.augment, cfg.channels_last)
+        if key != self._key:
+            self.clear()
+            self._batches = (
+                DeviceBatches(data.train_x, data.train_y, 1, device, augment=cfg.augment,
+                              channels_last=cfg.channels_last),
+                DeviceBatches(data.test_x, data.test_y, 1, device, shuffle=False, drop_last=False,
+                              channels_last=cfg.channels_last))
+            self._key = key
+        train_base, test_base = self._batches
+        shard = {} if world_size == 1 else {"rank": rank, "world_size": world_size}
+        train = train_base.view(batch_size=cfg.batch_size, seed=cfg.seed, **shard)
+        test = test_base.view(batch_size=cfg.batch_size)
+        size = sum(t.numel() * t.element_size() for b in self._batches for t in (b.x, b.y))
+        return Inputs(train.epoch, lambda: test.epoch(0), data, size)
+
+
+def build_trainer(cfg: RunConfig, device: torch.device, process_group=None) -> Trainer:
+    return make_trainer(cfg.model, device, cfg.precision, batch_size=cfg.batch_size, seed=cfg.seed, lr=cfg.lr,
+                        channels_last=cfg.channels_last, compile=cfg.compile, compile_mode=cfg.compile_mode,
+                        process_group=process_group)
+
+
+def training_loop(trainer: Trainer, stream: Iterator) -> protocol.Loop:
+    return lambda n, on_step: train_epoch(trainer, itertools.islice(stream, n), on_step=on_step)
+
+
+def ceiling_loop(trainer: Trainer, stream: Iterator) -> protocol.Loop:
+    """The same step on one batch already on the device: what compute alone allows."""
+    x, y = trainer.prepare(*next(stream))
+    fixed = (x.clone(memory_format=torch.preserve_format), y.clone())
+    return lambda n, on_step: train_epoch(trainer, itertools.repeat(fixed, n), on_step=on_step)
+
+
+def eval_loop(trainer: Trainer, test: Callable[[], Iterator]) -> protocol.Loop:
+    stream = itertools.chain.from_iterable(test() for _ in itertools.count())
+    return lambda n, on_step: evaluate(trainer, itertools.islice(stream, n), on_step=on_step)
+
+
+def time_training(cfg: RunConfig, trainer: Trainer, loop: protocol.Loop, other: tuple[str, protocol.Loop],
+                  policy: protocol.Policy, phase: Callable[[str], None],
+                  gather: Callable[[object], list] = lambda x: [x]) -> tuple[dict, float]:
+    """Warm-up, budget check, interleaved rounds of the loop and `other` (the ceiling, or
+    no_sync steps under DDP). Returns the row's figures and the steady step time."""
+    device = trainer.device
+    phase("warm-up")
+    warm = protocol.warm_up(loop, device, policy)
+    if cfg.epochs == 0:  # accuracy runs are asked for by name: they run whatever their step costs
+        protocol.check_budget(warm.steady, 2, policy)
+    phase("timing")
+    name, other_loop = other
+    rounds = protocol.measure({"loop": loop, name: other_loop}, warm.steady, device, policy)
+    method = "cuda_event" if device.type == "cuda" else "perf_counter"
+    # Data parallel: the job is as fast as its slowest rank (every rank ran the same steps).
+    per_rank = gather((rounds.samples["loop"], rounds.samples[name]))
+    slowest = max(range(len(per_rank)), key=lambda r: sum(per_rank[r][0]))
+    m = timing.Measurement(per_rank[slowest][0], cfg.batch_size, method)
+    o = timing.Measurement(per_rank[slowest][1], cfg.batch_size, method)
+    row = {"train_images_per_s": m.items_per_second, "step_ms_median": m.median * 1e3, "step_ms_iqr": m.iqr * 1e3,
+           "median_ci": m.ci_relative, "noisy": m.noisy, "timed_steps": len(m.samples), "rounds": rounds.rounds,
+           "warmup_steps": len(warm.samples), "warmup_seconds": sum(warm.samples), "warmup_settled": warm.settled,
+           "startup_seconds": warm.startup_seconds,
+           "compile_seconds": warm.startup_seconds if cfg.compile else None,
+           "timing_method": method, "step_samples_s": list(m.samples)}
+    if name == "ceiling":
+        row.update(ceiling_images_per_s=o.items_per_second, ceiling_samples_s=list(o.samples),
+                   fraction_of_ceiling=m.items_per_second / o.items_per_second)
+    else:  # no_sync: the step without gradient communication
+        row.update(step_ms_no_sync=o.median * 1e3, comm_share=min(1.0, max(0.0, 1 - o.median / m.median)),
+                   rank_step_ms_median=[1e3 * timing.quartiles(s[0])[1] for s in per_rank])
+    return row, m.median
+
+
+def time_eval(cfg: RunConfig, trainer: Trainer, test: Callable[[], Iterator], phase: Callable[[str], None],
+              policy: protocol.Policy) -> dict:
+    phase("inference")
+    loop = eval_loop(trainer, test)
+    # rank 0 alone evaluates: its loops agree with nobody
+    p = protocol.replace(policy, max_seconds=cfg.eval_max_seconds, warmup_min=1, warmup_steps=3, agree=lambda x: x)
+    warm = protocol.warm_up(loop, trainer.device, p)
+    rounds = protocol.measure({"eval": loop}, warm.steady, trainer.device, p)
+    ev = rounds.measurement("eval", cfg.batch_size, "")
+    return {"eval_images_per_s": ev.items_per_second, "eval_samples_s": list(ev.samples)}
+
+
+def flags(row: dict) -> list[str]:
+    """Measurement problems a row carries: never a headline, always said."""
+    out = []
+    if (row.get("mfu") or 0) > 1:
+        out.append(f"MFU {row['mfu']:.0%} > 100% of the measured matmul peak: the peak was probed low (load)")
+    if (row.get("fraction_of_ceiling") or 0) > CEILING_FLAG:
+        out.append(f"{row['fraction_of_ceiling']:.2f} of ceiling > {CEILING_FLAG}: the loop outran its own "
+                   "compute-only ceiling, i.e. the machine's load changed between them")
+    if row.get("warmup_settled") is False:
+        out.append("warm-up did not settle within its bound: the first timed steps may still be slow")
+    return out
+
+
+def no_sync_loop(trainer: Trainer, stream: Iterator) -> protocol.Loop:
+    """Steps without DDP's gradient all-reduce. The replicas drift apart (each applies its
+    own gradient); accuracy runs reset the weights first, and throughput does not care."""
+    def run(n: int, on_step: Callable[[], bool]) -> None:
+        with trainer.model.no_sync():
+            train_epoch(trainer, itertools.islice(stream, n), on_step=on_step)
+    return run
+
+
+def train_for_accuracy(cfg: RunConfig, trainer: Trainer, inputs: Inputs, phase: Callable[[str], None],
+                       save_predictions: Callable | None, agree: Callable[[float], float]) -> dict:
+    """From the seed's initial weights: `epochs` epochs (or fewer, at the target with
+    `stop_at_target`), each timed end to end and followed by a test-set evaluation on rank 0."""
+    trainer.reset(cfg.seed)
+    main = save_predictions is not None
+    run = protocol.train_to_accuracy(
+        lambda e: train_epoch(trainer, inputs.train_epoch(e)).mean_loss,
+        (lambda: evaluate(trainer, inputs.test())) if main else None,
+        cfg.epochs, trainer.device, cfg.target_accuracy, cfg.stop_at_target, agree,
+        on_epoch=lambda e: phase(f"epoch {e + 1}/{cfg.epochs}"))
+    if not main:
+        return {}
+    pred_file = save_predictions(cfg.short_id(), run.result.predictions.numpy(), inputs.data.test_y.numpy())
+    return {"test_accuracy": run.result.accuracy, "accuracy_curve": run.curve,
+            "epoch_seconds": timing.quartiles(run.epoch_seconds)[1], "epochs_run": len(run.epoch_seconds),
+            "epoch_seconds_list": run.epoch_seconds, "eval_seconds_list": run.eval_seconds,
+            "train_loss_curve": run.losses, "time_to_target_s": run.time_to_target,
+            "epochs_to_target": run.epochs_to_target, "predictions_file": pred_file}
+
+
+def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callable[[str], None],
+            peak_tflops: Callable[[], float], save_predictions: Callable | None, dist=None) -> tuple[dict, float]:
+    """Every figure of one configuration's row, and its steady step time (for the sweep's
+    budget predictions). `save_predictions` is None on ranks other than 0."""
+    trainer = build_trainer(cfg, device, None if dist is None else dist.group_for(device))
+    policy = policy_for(cfg, None if dist is None else dist.max)
+    stream = _forever(inputs.train_epoch)
+    other = ("ceiling", ceiling_loop(trainer, stream)) if dist is None else ("no_sync", no_sync_loop(trainer, stream))
+    row, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,
+                              gather=(lambda x: [x]) if dist is None else dist.all_gather)
+    del stream
+    row.update(data=inputs.data.source, lr=trainer.lr, train_size=len(inputs.data.train_y),
+               test_size=len(inputs.data.test_y))
+    if save_predictions is not None:  # under DDP rank 0 alone evaluates; the others wait
+        row.update(time_eval(cfg, trainer, inputs.test, phase, policy))
+        flops = system.training_flops_per_image(cfg.model)
+        peak = peak_tflops()
+        achieved = flops * row["train_images_per_s"] / 1e12
+        row.update(flops_per_image=flops, achieved_tflops=achieved, peak_tflops=peak, mfu=achieved / peak)
+    if dist is not None:
+        dist.barrier()
+    if cfg.epochs > 0:
+        row.update(train_for_accuracy(cfg, trainer, inputs, phase, save_predictions,
+                                      (lambda x: x) if dist is None else dist.max))
+    row["flags"] = "; ".join(flags(row)) or None
+    return row, step
