@@ -4,19 +4,17 @@ For each batch size, in one process, it measures training throughput of:
   ceiling      the trainer stepping on one batch already on the device (forward, backward,
                optimizer step only): what the hardware allows for this model and batch
   device       the harness's default input path (device-resident uint8, on-device crop,
-               flip and normalisation), without timing instrumentation
-  device+timed the same with the harness's per-step timer (bench.timing.StepTimer)
+               flip and normalisation)
   dataloader   the classic pipeline: torchvision CIFAR10 + ToTensor/Normalize + DataLoader
                with workers (pinned memory and non_blocking copies on CUDA)
   loader-only  that pipeline alone, no training: how fast it can feed when it has the
                machine to itself (the training-free upper bound of the dataloader variant)
-The timer's own cost is also measured directly: many StepTimer.mark() calls, per call,
-against the step time (the end-to-end difference of device and device+timed is smaller
-than the noise of a shared machine).
-Each variant runs a fixed number of steps timed end to end by a Stopwatch (one sync each
-side on CUDA). Variants are interleaved round by round (rotating the order, so none always
-runs first or last) and summarised by the median over rounds; ratios are medians of the
-per-round ratios, so slow drifts of the machine cancel.
+with the sweep's own method (bench/protocol.py): warm-up until settled, then interleaved
+rounds of every variant, each step timed, until every median is known within the target or
+the time ends. Throughput = images / total timed time; ratios are medians of the per-round
+ratios, so slow drifts of the machine cancel. The timer's own cost is measured directly:
+many StepTimer.mark() calls, per call, against the step time. Results are written after
+each batch size, so an interrupted run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -33,68 +31,72 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench import system, timing
+from bench import protocol, system, timing
 from bench.config import default_channels_last
 from bench.markdown import to_markdown
+from bench.measure import ceiling_loop, training_loop
 from cnn.data import DeviceBatches, classic_loader, get_dataset
-from cnn.train import Trainer, make_trainer, train_epoch
+from cnn.train import Trainer, make_trainer
 
-VARIANTS = ("ceiling", "device", "device+timed", "dataloader", "loader-only")
+VARIANTS = ("ceiling", "device", "dataloader", "loader-only")
 # Layout comparison (--layout): batch sizes per model that take seconds, not minutes, on a CPU.
 LAYOUT_CASES = {"tutorial": (4, 32, 128, 512), "tutorial-wide": (32, 128), "resnet18": (4, 16, 64)}
 
 
 @dataclass
 class Bench:
-    """Everything one batch size needs, built once and reused by every round."""
+    """Everything one batch size needs, built once: a seeded trainer and the loops it can
+    step through (bench/protocol.Loop)."""
 
     trainer: Trainer
     batch_size: int
-    fixed: tuple[torch.Tensor, torch.Tensor]
-    device_stream: itertools.chain
-    loader_stream: itertools.chain | None
-    steps: int = 0
+    loops: dict[str, protocol.Loop]
 
 
 def _stream(make_epoch):
     return itertools.chain.from_iterable(make_epoch(e) for e in itertools.count())
 
 
+def loader_only_loop(trainer: Trainer, stream) -> protocol.Loop:
+    """The input pipeline alone: batches copied to the device, no training step."""
+    def run(n, on_step):
+        for x, y in itertools.islice(stream, n):
+            trainer.prepare(x, y)
+            if on_step():
+                break
+    return run
+
+
 def build_bench(data, model: str, batch_size: int, device: torch.device, precision: str, channels_last: bool,
                 workers: int) -> Bench:
-    """A seeded trainer and the three inputs it can step on: one fixed batch (ceiling), the
-    device-resident batches and the classic DataLoader (workers start on first use)."""
+    """A seeded trainer and its loops: one fixed batch (ceiling), the device-resident batches
+    and the classic DataLoader (workers start on first use)."""
     trainer = make_trainer(model, device, precision, batch_size=batch_size, seed=0, channels_last=channels_last)
     batches = DeviceBatches(data.train_x, data.train_y, batch_size, device, augment=False, seed=0,
                             channels_last=trainer.channels_last)
-    x, y = next(batches.epoch(0))
+    device_stream = _stream(batches.epoch)
     loader = classic_loader(data, batch_size, True, workers=workers, pin_memory=device.type == "cuda")
-    return Bench(trainer, batch_size, (x.clone(), y.clone()), _stream(batches.epoch),
-                 _stream(lambda e: iter(loader)))
+    loader_stream = _stream(lambda e: iter(loader))
+    return Bench(trainer, batch_size, {
+        "ceiling": ceiling_loop(trainer, _stream(batches.epoch)),
+        "device": training_loop(trainer, device_stream),
+        "dataloader": training_loop(trainer, loader_stream),
+        "loader-only": loader_only_loop(trainer, loader_stream),
+    })
 
 
-def run_variant(b: Bench, variant: str) -> float:
-    """Images per second of `b.steps` steps of `variant`."""
+def perf_policy(args: argparse.Namespace) -> protocol.Policy:
+    """`repeats` rounds of about `seconds` per variant each, all of them used (no early stop:
+    the point is the ratios, measured over the same rounds)."""
+    return protocol.Policy(min_steps=args.repeats, max_seconds=args.seconds * args.repeats * len(VARIANTS),
+                           rounds=args.repeats, target_ci=0.0, warmup_seconds=1.0, max_config_seconds=float("inf"))
+
+
+def measure_variants(b: Bench, variants: tuple[str, ...], policy: protocol.Policy) -> protocol.Rounds:
+    """Warm every variant (workers start, caches fill), then interleaved rounds of all."""
     device = b.trainer.device
-    n = b.steps
-    with timing.Stopwatch(device) as sw:
-        if variant == "ceiling":
-            train_epoch(b.trainer, itertools.repeat(b.fixed, n))
-        elif variant == "device":
-            train_epoch(b.trainer, itertools.islice(b.device_stream, n))
-        elif variant == "device+timed":
-            timer = timing.StepTimer(device, n, n, float("inf"))
-            timer.start()
-            train_epoch(b.trainer, itertools.islice(b.device_stream, n), on_step=timer.mark)
-            timer.samples()  # reading the samples is part of what the harness pays
-        elif variant == "dataloader":
-            train_epoch(b.trainer, itertools.islice(b.loader_stream, n))
-        elif variant == "loader-only":  # the input pipeline alone, batches copied to the device
-            for x, y in itertools.islice(b.loader_stream, n):
-                b.trainer.prepare(x, y)
-        else:
-            raise ValueError(variant)
-    return n * b.batch_size / sw.seconds
+    steady = max(protocol.warm_up(b.loops[v], device, policy).steady for v in variants)
+    return protocol.measure({v: b.loops[v] for v in variants}, steady, device, policy)
 
 
 def mark_cost(device: torch.device, calls: int = 20_000) -> float:
@@ -108,17 +110,9 @@ def mark_cost(device: torch.device, calls: int = 20_000) -> float:
     return sw.seconds / calls
 
 
-def calibrate(b: Bench, seconds: float) -> int:
-    """Steps that take about `seconds` on the ceiling path (at least 5)."""
-    train_epoch(b.trainer, itertools.repeat(b.fixed, 3))  # warm-up
-    with timing.Stopwatch(b.trainer.device) as sw:
-        train_epoch(b.trainer, itertools.repeat(b.fixed, 5))
-    return max(5, round(5 * seconds / sw.seconds))
-
-
-def paired_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
+def paired_ratio(rounds: protocol.Rounds, a: str, b: str, batch: int) -> float:
     """Median over rounds of a/b measured in the same round."""
-    return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+    return statistics.median(x / y for x, y in zip(rounds.per_round(a, batch), rounds.per_round(b, batch)))
 
 
 def median_iqr(values: list[float]) -> tuple[float, float]:
@@ -126,38 +120,25 @@ def median_iqr(values: list[float]) -> tuple[float, float]:
     return q2, q3 - q1
 
 
-def measure_batch_sizes(args: argparse.Namespace, log=print) -> tuple[pd.DataFrame, str]:
-    """The variants per model and batch size, and which data ran."""
+def measure_batch_size(args: argparse.Namespace, data, model: str, bs: int, log=print) -> dict:
     device = torch.device(args.device)
-    data = get_dataset(args.data, args.data_dir, warn=log)
-    rows = []
-    for model in args.models:
-        for bs in args.batch_sizes:
-            cl = {"on": True, "off": False}.get(args.channels_last, default_channels_last(args.device, model, bs))
-            b = build_bench(data, model, bs, device, args.precision, cl, args.workers)
-            b.steps = calibrate(b, args.seconds)
-            for v in VARIANTS:  # warm each path once: workers start, caches fill
-                run_variant(b, v) if v != "dataloader" else train_epoch(b.trainer, itertools.islice(b.loader_stream, 3))
-            samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            for r in range(args.repeats):
-                order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
-                for v in order:
-                    samples[v].append(run_variant(b, v))
-                log(f"  {model} bs {bs} round {r + 1}/{args.repeats}: "
-                    + ", ".join(f"{v} {samples[v][-1]:,.0f}" for v in VARIANTS))
-            row = {"model": model, "batch_size": bs, "precision": args.precision, "channels_last": cl,
-                   "steps_per_round": b.steps,
-                   "rounds": args.repeats}
-            for v in VARIANTS:
-                row[f"{v}_img_s"], row[f"{v}_iqr"] = median_iqr(samples[v])
-            row["device_vs_ceiling"] = paired_ratio(samples, "device", "ceiling")
-            row["device_vs_dataloader"] = paired_ratio(samples, "device", "dataloader")
-            row["timing_overhead"] = 1 - paired_ratio(samples, "device+timed", "device")
-            row["mark_us"] = 1e6 * mark_cost(device)
-            row["mark_share"] = row["mark_us"] * 1e-6 * row["device_img_s"] / bs  # of one step's time
-            row["loader_only_vs_device"] = paired_ratio(samples, "loader-only", "device")
-            rows.append(row)
-    return pd.DataFrame(rows), data.source
+    cl = {"on": True, "off": False}.get(args.channels_last, default_channels_last(args.device, model, bs))
+    b = build_bench(data, model, bs, device, args.precision, cl, args.workers)
+    rounds = measure_variants(b, VARIANTS, perf_policy(args))
+    row = {"model": model, "batch_size": bs, "precision": args.precision, "channels_last": cl,
+           "steps_per_round": rounds.block, "rounds": rounds.rounds}
+    for v in VARIANTS:
+        m = rounds.measurement(v, bs, "")
+        row[f"{v}_img_s"] = m.items_per_second
+        row[f"{v}_iqr"] = median_iqr(rounds.per_round(v, bs))[1]
+    row["device_vs_ceiling"] = paired_ratio(rounds, "device", "ceiling", bs)
+    row["device_vs_dataloader"] = paired_ratio(rounds, "device", "dataloader", bs)
+    row["mark_us"] = 1e6 * mark_cost(device)
+    row["mark_share"] = row["mark_us"] * 1e-6 * row["device_img_s"] / bs  # of one step's time
+    row["loader_only_vs_device"] = paired_ratio(rounds, "loader-only", "device", bs)
+    log(f"  {model} bs {bs}: {rounds.rounds} rounds of {rounds.block} steps: "
+        + ", ".join(f"{v} {row[f'{v}_img_s']:,.0f}" for v in VARIANTS))
+    return row
 
 
 def measure_layout(args: argparse.Namespace, model: str, batch_sizes: tuple[int, ...], log=print) -> pd.DataFrame:
@@ -168,25 +149,20 @@ def measure_layout(args: argparse.Namespace, model: str, batch_sizes: tuple[int,
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(bs, 3, 32, 32, generator=gen).to(device)
         y = torch.randint(0, 10, (bs,), generator=gen).to(device)
-        benches = {}
+        loops = {}
         for layout in ("default", "channels_last"):
             cl = layout == "channels_last"
             trainer = make_trainer(model, device, args.precision, batch_size=bs, channels_last=cl)
-            xl = x.contiguous(memory_format=torch.channels_last) if cl else x
-            benches[layout] = Bench(trainer, bs, (xl, y), None, None)
-        steps = calibrate(benches["default"], args.seconds)
-        calibrate(benches["channels_last"], args.seconds)
-        samples = {k: [] for k in benches}
-        for r in range(args.repeats):
-            for layout in (("default", "channels_last") if r % 2 == 0 else ("channels_last", "default")):
-                benches[layout].steps = steps
-                samples[layout].append(run_variant(benches[layout], "ceiling"))
-            log(f"  {model} bs {bs} layout round {r + 1}: "
-                + ", ".join(f"{k} {v[-1]:,.1f}" for k, v in samples.items()))
+            loops[layout] = ceiling_loop(trainer, iter([(x, y)]))
+        b = Bench(trainer, bs, loops)
+        rounds = measure_variants(b, ("default", "channels_last"), perf_policy(args))
         row = {"model": model, "batch_size": bs, "precision": args.precision}
-        for layout in benches:
-            row[f"{layout}_img_s"], row[f"{layout}_iqr"] = median_iqr(samples[layout])
-        row["channels_last_speedup"] = paired_ratio(samples, "channels_last", "default")
+        for layout in loops:
+            row[f"{layout}_img_s"] = rounds.measurement(layout, bs, "").items_per_second
+            row[f"{layout}_iqr"] = median_iqr(rounds.per_round(layout, bs))[1]
+        row["channels_last_speedup"] = paired_ratio(rounds, "channels_last", "default", bs)
+        log(f"  {model} bs {bs} layout: default {row['default_img_s']:,.1f}, channels_last "
+            f"{row['channels_last_img_s']:,.1f} img/s")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -203,25 +179,25 @@ TARGETS = {  # on a CPU; the issue's targets
 
 
 def render(table: pd.DataFrame, layout: pd.DataFrame | None, args: argparse.Namespace, info: dict,
-           data_source: str, command: str, seconds: float) -> str:
-    show = table[["model", "batch_size", "channels_last", "ceiling_img_s", "device_img_s", "device+timed_img_s",
-                  "dataloader_img_s", "loader-only_img_s", "device_vs_ceiling", "device_vs_dataloader",
-                  "timing_overhead", "mark_share", "steps_per_round"]].copy()
-    show.columns = ["model", "batch", "channels_last", "ceiling img/s", "device img/s", "device+timing img/s",
+           data_source: str, command: str, seconds: float, partial: bool = False) -> str:
+    show = table[["model", "batch_size", "channels_last", "ceiling_img_s", "device_img_s", "dataloader_img_s",
+                  "loader-only_img_s", "device_vs_ceiling", "device_vs_dataloader", "mark_share", "rounds",
+                  "steps_per_round"]].copy()
+    show.columns = ["model", "batch", "channels_last", "ceiling img/s", "device img/s",
                     f"DataLoader ({args.workers} workers) img/s", "DataLoader alone img/s", "device / ceiling",
-                    "device / DataLoader", "timing overhead (end to end)", "timing overhead (direct)",
-                    "steps per round"]
+                    "device / DataLoader", "timing overhead", "rounds", "steps per round"]
     for col in show.columns:
         if col.endswith("img/s"):
             show[col] = show[col].map(lambda v: f"{v:,.0f}")
     for col in ("device / ceiling", "device / DataLoader"):
         show[col] = show[col].map(lambda v: f"{v:.2f}")
-    show["timing overhead (end to end)"] = show["timing overhead (end to end)"].map(lambda v: f"{v:+.1%}")
-    show["timing overhead (direct)"] = show["timing overhead (direct)"].map(lambda v: f"{v:.3%}")
+    show["timing overhead"] = show["timing overhead"].map(lambda v: f"{v:.3%}")
     device_name = system.device_name(args.device)
     lines = [
         f"# Loop performance: {args.device} ({device_name}), {args.precision}",
         "",
+        *(["**Partial: the run is still going or was interrupted; the rows below are the batch sizes finished "
+           "so far.**", ""] if partial else []),
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on `{info['host']}` ({info['cpu_model']}, "
         f"{info['cpu_logical_cores']} logical cores, torch {info['torch']}, {torch.get_num_threads()} threads), "
         f"data: **{data_source}**, {args.repeats} interleaved rounds of about {args.seconds:g} s per variant, "
@@ -229,18 +205,18 @@ def render(table: pd.DataFrame, layout: pd.DataFrame | None, args: argparse.Name
         "",
         f"Command: `{command}`",
         "",
-        "Throughputs are medians over rounds; ratios are medians of per-round ratios. *ceiling*: the trainer "
-        "stepping on one batch already on the device; *device*: the harness's device-resident input path; "
-        "*device+timing*: the same with the per-step timer the harness uses; *DataLoader*: torchvision CIFAR10 "
-        "with ToTensor/Normalize through a DataLoader; *DataLoader alone*: the same pipeline iterated without "
-        "training. Timing overhead: *end to end* is 1 - (device+timing)/device, within the machine's noise; "
-        "*direct* is the measured cost of the timer's per-step call "
-        f"({table['mark_us'].median():.2f} us) over the device path's step time.",
+        "Measured with the sweep's method (bench/protocol.py): every step timed, variants interleaved round by "
+        "round. Throughput = images / total timed time of the variant; ratios are medians of per-round ratios. "
+        "*ceiling*: the trainer stepping on one batch already on the device; *device*: the harness's "
+        "device-resident input path; *DataLoader*: torchvision CIFAR10 with ToTensor/Normalize through a "
+        "DataLoader; *DataLoader alone*: the same pipeline iterated without training. Timing overhead: the "
+        f"measured cost of the timer's per-step call ({table['mark_us'].median():.2f} us) over the device "
+        "path's step time.",
         "",
         to_markdown(show),
         "",
     ]
-    if args.device == "cpu":
+    if args.device == "cpu" and not partial:
         lines += ["Targets on a CPU:", ""]
         for name, check in TARGETS.items():
             lines.append(f"- {name}: **{'met' if check(table) else 'missed'}**")
@@ -261,25 +237,39 @@ def render(table: pd.DataFrame, layout: pd.DataFrame | None, args: argparse.Name
 
 
 def run_perf(args: argparse.Namespace) -> int:
+    """Measure, writing the .md and .csv after every batch size (a run cut short keeps
+    what it measured, marked partial)."""
     started = time.perf_counter()
     info = system.system_info()
-    print(f"perf: {args.device}, models {','.join(args.models)}, batch sizes "
-          f"{','.join(map(str, args.batch_sizes))}, {args.repeats} rounds", flush=True)
-    table, data_source = measure_batch_sizes(args, log=lambda m: print(m, flush=True))
-    layout = None
-    if args.layout:
-        layout = pd.concat([measure_layout(args, model, sizes, log=lambda m: print(m, flush=True))
-                            for model, sizes in LAYOUT_CASES.items()], ignore_index=True)
-    seconds = time.perf_counter() - started
+    log = lambda m: print(m, flush=True)
+    log(f"perf: {args.device}, models {','.join(args.models)}, batch sizes "
+        f"{','.join(map(str, args.batch_sizes))}, {args.repeats} rounds")
     command = "cifar-bench " + " ".join(sys.argv[1:]) if sys.argv and "bench" in sys.argv[0] else "cifar-bench perf"
-    text = render(table, layout, args, info, data_source, command, seconds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{info['host']}-{args.device.replace(':', '')}-{time.strftime('%Y%m%d')}"
-    (out / f"{stem}.md").write_text(text)
-    table.to_csv(out / f"{stem}.csv", index=False)
-    if layout is not None:
-        layout.to_csv(out / f"{stem}-layout.csv", index=False)
-    print(text)
+    data = get_dataset(args.data, args.data_dir, warn=log)
+    rows, layout = [], None
+
+    def write(partial: bool) -> str:
+        table = pd.DataFrame(rows)
+        text = render(table, layout, args, info, data.source, command, time.perf_counter() - started, partial)
+        (out / f"{stem}.md").write_text(text)
+        table.to_csv(out / f"{stem}.csv", index=False)
+        if layout is not None:
+            layout.to_csv(out / f"{stem}-layout.csv", index=False)
+        return text
+
+    for model in args.models:
+        for bs in args.batch_sizes:
+            rows.append(measure_batch_size(args, data, model, bs, log))
+            write(partial=True)
+    if args.layout:
+        parts = []
+        for model, sizes in LAYOUT_CASES.items():
+            parts.append(measure_layout(args, model, sizes, log))
+            layout = pd.concat(parts, ignore_index=True)
+            write(partial=True)
+    print(write(partial=False))
     print(f"perf: written to {out / (stem + '.md')}")
     return 0

@@ -42,7 +42,6 @@ from bench import timing
 # A step that runs `n` steps, calling `on_step()` after each; on_step returning True stops it.
 Loop = Callable[[int, Callable[[], bool]], object]
 SETTLE = 0.10  # warm-up ends when two consecutive steps differ by at most 10%
-ROUNDS = 10  # the timed budget is spread over about this many interleaved rounds
 
 
 class OverBudget(Exception):
@@ -59,6 +58,7 @@ class Policy:
     max_steps: int = 1000
     max_seconds: float = 3.0  # timed rounds, all variants together
     target_ci: float = 0.03
+    rounds: int = 10  # the timed budget is spread over about this many interleaved rounds
     warmup_min: int = 2
     warmup_steps: int = 50
     warmup_seconds: float = 2.0
@@ -141,11 +141,11 @@ class Rounds:
 
 
 def block_size(step: float, variants: int, policy: Policy) -> int:
-    """Steps per variant per round: the timed budget spread over about ROUNDS rounds, at
-    least 1, never more than a tenth of max_steps."""
+    """Steps per variant per round: the timed budget spread over about `policy.rounds`
+    rounds, at least 1, never more than max_steps / rounds (but min_steps allowed)."""
     step = policy.agree(step)
-    per_round = policy.max_seconds / ROUNDS / variants
-    cap = max(1, min(policy.max_steps, max(policy.min_steps, policy.max_steps // ROUNDS)))
+    per_round = policy.max_seconds / policy.rounds / variants
+    cap = max(1, min(policy.max_steps, max(policy.min_steps, policy.max_steps // policy.rounds)))
     return int(min(cap, max(1, int(per_round / step + 1e-9) if step > 0 else cap)))
 
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import re
 import sys
-import time
 
 # Functions whose share of samples the summary reports (inclusive: a nested one is part of its parent).
 MAIN_FRAMES = {"Trainer.step": "Trainer.step (forward, backward, optimizer)",
@@ -79,31 +77,30 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from bench import protocol
     from bench.config import default_channels_last
-    from bench.perf import build_bench
+    from bench.perf import build_bench, measure_variants
     from cnn.data import get_dataset
-    from cnn.train import train_epoch
 
     device = torch.device(args.device)
     data = get_dataset("synthetic", None, warn=lambda *a: None)
     cl = default_channels_last(args.device, args.model, args.batch_size)
     b = build_bench(data, args.model, args.batch_size, device, "fp32", cl, args.workers)
-    trainer = b.trainer
-    stream = {"dataloader": b.loader_stream, "device": b.device_stream}.get(args.path) or itertools.repeat(b.fixed)
-    train_epoch(trainer, itertools.islice(stream, 5))  # warm-up (workers start)
+    loop = b.loops[args.path]
     if args.torch_profiler:
         from torch.profiler import ProfilerActivity, profile
 
+        loop(5, lambda: False)  # warm-up (workers start)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            train_epoch(trainer, itertools.islice(stream, 50))
+            loop(50, lambda: False)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
         return 0
-    steps, started = 0, time.perf_counter()
-    while time.perf_counter() - started < args.seconds:
-        train_epoch(trainer, itertools.islice(stream, 10))
-        steps += 10
-    print(f"{args.path} {args.model} bs {args.batch_size}: "
-          f"{steps * args.batch_size / (time.perf_counter() - started):,.0f} img/s over {steps} steps")
+    # the harness's own method for `--seconds` of timed steps (bench/protocol.py)
+    policy = protocol.Policy(min_steps=10, max_seconds=args.seconds, target_ci=0.0, max_steps=10**9)
+    rounds = measure_variants(b, (args.path,), policy)
+    m = rounds.measurement(args.path, args.batch_size, "")
+    print(f"{args.path} {args.model} bs {args.batch_size}: {m.items_per_second:,.0f} img/s over {len(m.samples)} "
+          f"steps (median step {1e3 * m.median:.2f} ms, IQR {1e3 * m.iqr:.2f} ms)")
     return 0
 
 

@@ -7,8 +7,9 @@ gates regressions against that baseline, and `make test` runs each case once as 
 
 Timing: pytest-benchmark reads a host clock around each call, so on CUDA the timed call ends
 with a synchronize (`timing.synchronized`), and each round's batch is cut in `setup`, outside
-the timed region, from data already on the device. Untimed warm-up calls absorb first-call
-costs (allocations, oneDNN/cuDNN algorithm choice) and size the number of rounds to
+the timed region, from data already on the device. Warm-up follows the harness's protocol
+(bench/protocol.py: until the step time settles) and absorbs first-call costs (allocations,
+oneDNN/cuDNN algorithm choice); its steady step time sizes the number of rounds to
 --benchmark-max-time (at least --benchmark-min-rounds).
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from bench import system, timing
+from bench import protocol, system, timing
 from bench.runner import cudnn_benchmark
 from cnn.data import DeviceBatches
 from cnn.train import evaluate, make_trainer, matmul_precision, unsupported_reason
@@ -65,7 +66,9 @@ def endless(batches: DeviceBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor
 
 
 def measure(benchmark, config: pytest.Config, step: Callable, batches: Iterator, device: str, group: str):
-    """Time `step(x, y)` with benchmark.pedantic, a fresh batch per round; returns the last result."""
+    """Time `step(x, y)` with benchmark.pedantic, a fresh batch per round; returns the last result.
+    Warm-up is the harness's (bench/protocol.py: until two steps agree within 10%, at least 2),
+    and its steady step time sizes the rounds to --benchmark-max-time."""
 
     def setup():
         x, y = next(batches)
@@ -74,9 +77,16 @@ def measure(benchmark, config: pytest.Config, step: Callable, batches: Iterator,
 
     rounds = 1  # disabled (smoke test): pedantic calls step once
     if benchmark.enabled:
-        x, y = next(batches)
-        calls = timing.time_repeated(lambda: step(x, y), device, min_repeats=2, max_seconds=0.0, warmup=1)
-        rounds = timing.steps_within(min(calls), config.getoption("benchmark_min_rounds"), MAX_ROUNDS,
+        timed_step = timing.synchronized(step, device)
+
+        def loop(n, on_step):
+            for x, y in itertools.islice(batches, n):
+                timed_step(x, y)
+                if on_step():
+                    break
+
+        warm = protocol.warm_up(loop, torch.device(device), protocol.Policy(warmup_seconds=2.0))
+        rounds = timing.steps_within(warm.steady, config.getoption("benchmark_min_rounds"), MAX_ROUNDS,
                                      float(config.getoption("benchmark_max_time")))
     benchmark.group = group  # read when the timing starts
     return benchmark.pedantic(timing.synchronized(step, device), setup=setup, rounds=rounds, warmup_rounds=1)
