@@ -7,9 +7,9 @@
    charged to a configuration's budget. What it cost beyond steady steps (compilation,
    cuDNN autotuning, first allocations) is `startup_seconds`; the steady step estimate is
    the median of the last settled steps, never the first step.
-2. Budget check (`check_budget`): from the steady step, the fewest timed steps the method
-   needs must fit the configuration's budget, else the configuration is skipped, with the
-   arithmetic in the reason.
+2. Budget check (`check_budget`): at the fastest warm-up step after the first, the fewest
+   timed steps the method needs must fit the configuration's budget, else the configuration
+   is skipped, with the arithmetic in the reason.
 3. Timed rounds (`measure`): the variants (the training loop, its compute-only ceiling,
    or perf's input paths) run in interleaved rounds, ABBA order, `block` steps each, so a
    drift of the machine's load hits every variant alike. Each step is timed (StepTimer:
@@ -81,6 +81,12 @@ class WarmUp:
         """Step time after warm-up: the median of the last (up to 3) steps, first excluded."""
         tail = self.samples[1:][-3:] or self.samples
         return statistics.median(tail)
+
+    @property
+    def fastest(self) -> float:
+        """The fastest step after the first: what the budget check uses, so that one step
+        slowed by another process cannot get a configuration skipped."""
+        return min(self.samples[1:] or self.samples)
 
     @property
     def startup_seconds(self) -> float:

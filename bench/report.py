@@ -21,7 +21,9 @@ import pandas as pd  # noqa: E402
 
 from bench.equivalence import equivalence_table, verdict_table  # noqa: E402
 from bench.markdown import to_markdown  # noqa: E402
+from bench.measure import CEILING_FLAG  # noqa: E402
 from bench.results import load_run, markdown_table  # noqa: E402
+from bench.runner import DRIFT_WARN  # noqa: E402
 from bench.timing import NOISY_IQR_RATIO  # noqa: E402
 
 PRECISION_STYLE = {"fp32": "-", "tf32": "-.", "fp16": "--", "bf16": ":"}
@@ -70,9 +72,12 @@ def device_colours(df: pd.DataFrame) -> dict[str, str]:
 def throughput(df: pd.DataFrame) -> pd.DataFrame:
     """Median over seeds of each ok one-process configuration's metrics, device input path
     (data-parallel runs have their own section: bench.scaling)."""
-    ok = df[(df["status"] == "ok") & (df["data_path"] == "device") & (df["world_size"] == 1)]
+    ok = df[(df["status"] == "ok") & (df["data_path"] == "device") & (df["world_size"] == 1)].copy()
     if ok.empty:
         return ok
+    # A flagged value is a measurement problem: listed in the warnings, never drawn or a headline.
+    ok["mfu"] = ok["mfu"].where(ok["mfu"] <= 1)
+    ok["fraction_of_ceiling"] = ok["fraction_of_ceiling"].where(ok["fraction_of_ceiling"] <= CEILING_FLAG)
     keys = ["device_key", "device_kind", "model", "precision", "batch_size", "channels_last", "compile", "threads"]
     agg = ok.groupby(keys, dropna=False).agg(
         images_per_s=("train_images_per_s", "median"),
@@ -205,7 +210,8 @@ def headline(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> pd.DataFra
                 continue
             best = sub.loc[sub["images_per_s"].idxmax()]
             row[f"best {name} img/s"] = f"{best['images_per_s']:,.0f} (bs {best['batch_size']} {best['precision']})"
-            row[f"max {name} MFU"] = f"{sub['mfu'].max():.1%}" if sub["mfu"].notna().any() else ""
+            row[f"max {name} MFU (of measured matmul peak)"] = f"{sub['mfu'].max():.1%}" \
+                if sub["mfu"].notna().any() else ""
             row[f"{name} AMP gain"] = amp_gain(tp, kind, model) or ""
         s = speedups(tp, model)
         if s is not None:
@@ -432,11 +438,18 @@ def system_markdown(systems: list[dict]) -> str:
     for i, s in enumerate(systems):
         for p in s.get("peaks", []):
             peaks.append({"run": i + 1, "device": p["device"], "precision": p["precision"], "dtype": p["dtype"],
-                          "matmul n": p["n"], "repeats": p["repeats"], "measured peak TFLOP/s": p["tflops"]})
+                          "matmul n": p["n"], "repeats": p["repeats"], "peak TFLOP/s (before)": p["tflops"],
+                          "median TFLOP/s": p.get("tflops_median"), "peak TFLOP/s (after)": p.get("tflops_after")})
     text = to_markdown(frame, index=True)
     if peaks:
-        text += "\n\nMeasured peaks (square matmul in the run's compute dtype, median of repeats; MFU divides by " \
-                "these, not by datasheet numbers):\n\n" + to_markdown(pd.DataFrame(peaks), floatfmt=".4g")
+        text += ("\n\nMeasured peaks (a square matmul in the run's compute dtype, sized to the machine; the peak is "
+                 "the fastest of the repeats, probed before the first configuration and again after the last; MFU "
+                 "divides by the first, not by datasheet numbers):\n\n"
+                 + to_markdown(pd.DataFrame(peaks), floatfmt=".4g"))
+    drift = [{"run": i + 1, **d} for i, s in enumerate(systems) for d in s.get("drift", [])]
+    if drift:
+        text += ("\n\nDrift reference (the same short measurement at the sweep's start and end):\n\n"
+                 + to_markdown(pd.DataFrame(drift), floatfmt=".4g"))
     return text
 
 
@@ -465,17 +478,21 @@ def methodology(df: pd.DataFrame, rows: list[dict], systems: list[dict]) -> list
     ok = df[df["status"] == "ok"]
     lines = []
     if not ok.empty:
-        lines.append(f"- Timing: {', '.join(sorted(set(ok['timing_method'].dropna())))} "
-                     "(CPU: `perf_counter` after each step; CUDA: events recorded after each step, read after "
-                     "one final synchronize). Warm-up steps run first and are excluded: "
-                     f"{_span(ok['warmup_steps'])} per configuration. "
-                     f"Timed steps per configuration: {_span(ok['timed_steps'])} "
-                     "(a budget of steps or seconds, whichever ends first).")
-        lines.append("- Throughput = batch size / median step time; spread = interquartile range (IQR) of the "
-                     f"step times; a configuration with IQR/median > {NOISY_IQR_RATIO:.0%} is flagged noisy.")
-        lines.append("- Compute-only ceiling: after the timed loop, the same trainer steps on one batch already on "
-                     "the device, timed the same way; *of ceiling* = throughput / ceiling shows what the input "
-                     "path and loop cost.")
+        lines.append(f"- Timing (bench/protocol.py): {', '.join(sorted(set(ok['timing_method'].dropna())))} "
+                     "(CPU: `perf_counter` after each step; CUDA: events recorded after each step, read after one "
+                     "synchronize per block). Warm-up runs until two consecutive steps agree within 10% (at least 2 "
+                     "steps, 3 when compiled), is never charged to the time budget, and what it cost beyond steady "
+                     f"steps (compilation, autotuning, first allocations) is `startup_seconds`: "
+                     f"{_span(ok['warmup_steps'])} warm-up steps per configuration. Then the training loop and its "
+                     "compute-only ceiling (the same step on one batch already on the device) run in interleaved "
+                     "rounds, so a change of the machine's load hits both, until each median is known within the "
+                     "target (95% confidence interval, distribution-free) or the budget ends: "
+                     f"{_span(ok['timed_steps'])} timed steps per configuration.")
+        lines.append("- Throughput (the headline) = images / total timed time, every timed step counted (stalls "
+                     "at epoch boundaries or from DataLoader workers included); the median step and its "
+                     f"interquartile range are the stability figures; IQR/median > {NOISY_IQR_RATIO:.0%} is flagged "
+                     "noisy. *of ceiling* = throughput / ceiling throughput: what the input path and loop cost; "
+                     f"above {CEILING_FLAG} it is a measurement problem (flagged, not drawn).")
         lines.append("- Epoch time is measured end to end (data included) by synchronising before and after; "
                      "accuracy comes from full test-set evaluation after each epoch.")
         threads = sorted(set(int(t) for t in ok["threads"].dropna()))
@@ -488,9 +505,18 @@ def methodology(df: pd.DataFrame, rows: list[dict], systems: list[dict]) -> list
                      f"{int(ok['channels_last'].astype(bool).sum())} of {len(ok)} ok rows; "
                      f"torch.compile in {int(ok['compile'].astype(bool).sum())}.")
         lines.append("- FLOPs per image: `torch.utils.flop_counter.FlopCounterMode` over one forward and backward "
-                     "(matmuls and convolutions). MFU = achieved FLOP/s / the measured matmul peak below.")
-        lines.append("- Memory: CUDA rows report `torch.cuda.max_memory_allocated`; CPU rows report the process's "
-                     "peak resident set size (includes the dataset and Python), sampled every 0.1 s.")
+                     "(matmuls and convolutions). MFU = achieved FLOP/s / the measured matmul peak below (\"of "
+                     "measured matmul peak\"); above 100% it is a measurement problem (flagged, not drawn).")
+        lines.append("- Memory, per configuration: the dataset is placed on the device first and reported apart "
+                     "(`dataset_mb`); then the high-water mark is reset (CPU: `/proc/self/clear_refs`, VmHWM; CUDA: "
+                     "`reset_peak_memory_stats`), and *peak MB* is the configuration's own peak over what it started "
+                     "from (weights, optimizer state, activations, workspace); the absolute peak is "
+                     "`peak_memory_total_mb` in results.csv. Freed heap is returned to the system between "
+                     "configurations (malloc_trim), so the sweep's order does not change a row's figure.")
+        if (ok["memory_kind"] == "cpu_peak_rss").any():
+            lines.append("- Rows with memory_kind cpu_peak_rss come from an older harness: the process's sampled peak "
+                         "resident set, dataset and earlier configurations included.")
+        lines.append("- CPU use (cpu_percent) counts the process and its children (DataLoader workers).")
     for i, s in enumerate(systems):
         if s.get("cuda_available"):
             lines.append(f"- Run {i + 1} CUDA flags: TF32 off except in tf32 rows; cudnn.benchmark per row "
@@ -503,7 +529,7 @@ def _span(values: pd.Series) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
-def warnings_lines(df: pd.DataFrame) -> list[str]:
+def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
     lines = []
     ok = df[df["status"] == "ok"]
     noisy = ok[ok["noisy"].astype(bool)].copy()
@@ -516,12 +542,24 @@ def warnings_lines(df: pd.DataFrame) -> list[str]:
         spread = f"{g['spread'].iloc[0]:.0%}" if len(g) == 1 else \
             f"{g['spread'].min():.0%}-{g['spread'].max():.0%} in {len(g)} of {runs[key]} runs"
         lines.append(f"- noisy: {device_key} {model} bs {bs} {precision}{path}: IQR/median {spread}")
-    over = ok[ok["mfu"].fillna(0) > 1]
-    if not over.empty:
-        lines.append(f"- MFU above 100% in {len(over)} rows (up to {over['mfu'].max():.0%}, e.g. "
-                     f"{over.iloc[0]['model']} bs {over.iloc[0]['batch_size']} {over.iloc[0]['precision']} on "
-                     f"{over.iloc[0]['device_key']}): the model's kernels ran faster than the square-matmul probe, "
-                     "which therefore understates this device's peak; compare MFU between rows, not with 100%.")
+    flagged = ok[ok["flags"].fillna("").astype(str) != ""] if "flags" in ok else ok.iloc[:0]
+    for r in flagged.itertuples():
+        lines.append(f"- measurement problem (flagged, left out of figures and headlines): {r.device_key} {r.model} "
+                     f"bs {r.batch_size} {r.precision}: {r.flags}")
+    older = ok[(ok["mfu"].fillna(0) > 1) & ~ok.index.isin(flagged.index)]  # rows from before flags existed
+    if not older.empty:
+        lines.append(f"- MFU above 100% in {len(older)} rows (up to {older['mfu'].max():.0%}): the matmul peak was "
+                     "probed low; left out of figures and headlines.")
+    for i, s in enumerate(systems):
+        for d in s.get("drift", []):
+            if d.get("change") is not None and abs(d["change"]) > DRIFT_WARN:
+                lines.append(f"- the machine moved during run {i + 1}: the {d['device']} drift reference ran at "
+                             f"{d['before_images_per_s']:,.0f} img/s before the sweep and "
+                             f"{d['after_images_per_s']:,.0f} after ({d['change']:+.0%}); compare its rows with care")
+        for pk in s.get("peaks", []):
+            if pk.get("change") is not None and abs(pk["change"]) > DRIFT_WARN:
+                lines.append(f"- the {pk['device']} {pk['precision']} matmul peak moved {pk['change']:+.0%} between "
+                             "the probes before and after the sweep: MFU figures carry that uncertainty")
     for status in ("oom", "skipped", "diverged", "failed"):
         for r in df[df["status"] == status].itertuples():
             lines.append(f"- {status}: {r.device_key} {r.model} bs {r.batch_size} {r.precision}: {r.reason}")
@@ -565,10 +603,10 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         "Epoch time": fig_epoch_time(df, tp, colours, out),
         "Test accuracy per epoch": fig_accuracy(df, colours, out),
         "Peak memory": _lines_vs_batch(tp, colours, "peak_memory_mb", "peak memory (MB)",
-                                       "Peak memory vs batch size (CUDA: max allocated by tensors; CPU: the "
-                                       "process's peak resident set, dataset and earlier runs included)",
+                                       "Peak memory vs batch size (each configuration's own peak over what it "
+                                       "started from; the resident dataset apart)",
                                        out, "memory.png"),
-        "Model FLOP utilisation": _lines_vs_batch(tp, colours, "mfu", "MFU (achieved / measured matmul peak)",
+        "Model FLOP utilisation": _lines_vs_batch(tp, colours, "mfu", "MFU (of measured matmul peak)",
                                                   "MFU vs batch size", out, "mfu.png"),
         "Input pipeline": fig_data_paths(df, colours, out),
         "Fraction of the compute-only ceiling": _lines_vs_batch(
@@ -621,7 +659,7 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         parts += [f"- {r.model} bs {r.batch_size}, {r.candidate} vs {r.reference}: **{r.verdict}**: {r.reason}"
                   for r in eq.itertuples()] + [""]
     parts += ["## Methodology", "", *methodology(df, rows, systems), ""]
-    warn_lines = warnings_lines(df)
+    warn_lines = warnings_lines(df, systems)
     none = "None: no noisy, skipped, OOM, diverged or failed configurations."
     parts += ["## Warnings", "", *(warn_lines or [none]), ""]
     parts += ["## Results", "", results_markdown(df), ""]

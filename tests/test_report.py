@@ -101,7 +101,7 @@ def test_warnings_name_skipped_and_oom_configurations(runs, tmp_path):
 def test_methodology_says_which_data_ran(runs, tmp_path):
     text = write_report(runs, tmp_path / "r").read_text()
     assert "Data that ran: **synthetic**" in text
-    assert "Warm-up steps run first and are excluded" in text
+    assert "Warm-up runs until two consecutive steps agree within 10%" in text
 
 
 def test_report_command_writes_into_the_first_run_by_default(runs, capsys):
