@@ -189,20 +189,22 @@ PRESET_TABLE: dict[str, Preset] = {
         dataloader_runs=(("tutorial", 32), ("tutorial", 512)),
     ),
     # The model-size axis of the break-even map: the tutorial Net's width family (3.2 MFLOP
-    # to 1.9 GFLOP per training image) across batch sizes, throughput only. Sized for about
-    # 5 minutes on 2 CPU cores (half the 10-minute target, for noise) with >= 10 timed and
-    # >= 10 ceiling steps per configuration.
-    # Wide models are trimmed to the batch sizes a CPU can afford: at width 32 one fp32 step
-    # is ~0.4 s of memory traffic (62 M parameters' gradient and momentum) plus ~16 ms per image.
-    # On a GPU every width runs every batch size and precision (144 configurations, a few
-    # minutes: steps are milliseconds, each configuration's fixed cost about a second).
+    # to 1.9 GFLOP per training image) across batch sizes, throughput only. On 2 CPU cores:
+    # 48 configurations, estimated at about 3 minutes on a quiet 2-core VM and about 6 under
+    # the contention seen while sizing it (budgeting ~23 steps per configuration: 3 warm-up,
+    # >= 10 timed, >= 10 ceiling, plus ~1.3 s of fixed cost; step times from single-step
+    # timings of each width). Wide models are trimmed to the batch sizes a CPU can afford: at
+    # width 32 a step costs ~0.2-0.7 s at batch 4 (62 M parameters' gradient, momentum and
+    # casts) plus ~12-16 ms per image; max_config_seconds lets width 32 at batch 16 run even
+    # on a busy machine. On a GPU every width runs every batch size and precision (144
+    # configurations; not yet timed on a GPU).
     "sizes": Preset(
         name="sizes",
         models=FAMILY,
         batch_sizes={"cpu": (4, 16, 64, 256, 1024), "cuda": (4, 16, 64, 256, 1024, 4096)},
         precisions=SWEPT_PRECISIONS,
         budget=dict(warmup_steps=3, warmup_seconds=1.0, min_steps=10, max_steps=100, max_seconds=0.5,
-                    max_config_seconds=40.0, eval_max_seconds=0.2),
+                    max_config_seconds=60.0, eval_max_seconds=0.2),
         accuracy_runs=(),
         seeds=(0,),
         # the largest batch (4096 on CUDA) must fit in the test set: evaluation steps on it too
