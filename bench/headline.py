@@ -53,11 +53,13 @@ def update_readme(readme: Path, block: str) -> None:
         text = readme.read_text(encoding="utf-8")
     except OSError as e:
         raise HeadlineError(f"cannot read {readme}: {e.strerror}") from None
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+    # Markers count only on lines of their own, so prose may quote them.
+    starts = [m.start() for m in re.finditer(rf"^{re.escape(START)}[ \t]*$", text, flags=re.MULTILINE)]
+    ends = [m.start() for m in re.finditer(rf"^{re.escape(END)}[ \t]*$", text, flags=re.MULTILINE)]
+    if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
         raise HeadlineError(f"{readme} needs exactly one {START} line followed by one {END} line; "
                             "the headline is written between them")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+    head, tail = text[:starts[0]], text[ends[0]:]
     tmp = readme.with_name(readme.name + ".tmp")
-    tmp.write_text(f"{head}{START}\n{block}\n{END}{tail}", encoding="utf-8")
+    tmp.write_text(f"{head}{START}\n{block}\n{tail}", encoding="utf-8")
     os.replace(tmp, readme)
