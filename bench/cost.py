@@ -110,7 +110,12 @@ def cost_table(df: pd.DataFrame, tp: pd.DataFrame, prices: dict[str, float]) -> 
             if not tt.empty:
                 row["to_target"] = per_s * float(tt.min())
         rows.append(row)
-    return pd.DataFrame(rows)
+    if not rows:
+        return pd.DataFrame()
+    size = ok.groupby("model")["flops_per_image"].median()  # smallest model first, as on the map
+    table = pd.DataFrame(rows)
+    order = sorted(range(len(table)), key=lambda i: (size.get(table["model"][i], math.inf), table["model"][i]))
+    return table.iloc[order].reset_index(drop=True)
 
 
 def cost_lines(df: pd.DataFrame, tp: pd.DataFrame, prices: dict[str, float]) -> list[str]:

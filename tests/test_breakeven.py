@@ -240,3 +240,20 @@ def test_a_readme_without_markers_is_refused_in_one_line(cpu_run, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "needs exactly one <!-- headline:start -->" in err
     assert readme.read_text() == "# no markers\n"
+
+
+def test_cost_to_the_target_accuracy_uses_the_fastest_measured_time(cpu_run, tmp_path):
+    from bench.cost import cost_table
+
+    base = read_jsonl(cpu_run / "results.jsonl")[0]
+    folder = tmp_path / "acc"
+    folder.mkdir()
+    store = ResultsStore(folder)
+    for seed, seconds in ((0, 36.0), (1, 72.0)):  # made-up times to target, for the arithmetic
+        store.append({**base, "seed": seed, "epochs": 3, "test_accuracy": 0.7, "target_accuracy": 0.6,
+                      "time_to_target_s": seconds})
+    df, tp = frames(cpu_run, folder)
+    table = cost_table(df, tp, {"cpu": 0.10})
+    w1 = table[table["model"] == "tutorial-w1"].iloc[0]
+    assert w1["to_target"] == pytest.approx(0.10 * 36.0 / 3600)  # 0.001
+    assert w1["per_run"] == pytest.approx(0.10 / 3600 * 3 * 50_000 / w1["images_per_s"])  # 3 epochs, as trained
