@@ -112,6 +112,66 @@ def choice_list(choices: Sequence[str], what: str) -> Callable[[str], tuple]:
     return parse
 
 
+def model_list(value: str) -> tuple:
+    """Named models and user models (`package.module:callable`, `path/to/file.py:callable`).
+    Only the form is checked here; `validate_user_models` loads and tries them."""
+    from cnn.models import is_user_model, model_names
+
+    names = model_names()
+    try:
+        return choice_list(names, "model")(value)
+    except argparse.ArgumentTypeError as e:
+        bad = [p.strip() for p in value.split(",") if p.strip() not in names and not is_user_model(p.strip())]
+        if not bad and value.strip() and all(p.strip() for p in value.split(",")):
+            return tuple(dict.fromkeys(p.strip() for p in value.split(",")))
+        raise argparse.ArgumentTypeError(f"{e}, or a user model as package.module:callable or "
+                                         "path/to/file.py:callable") from None
+
+
+def validate_user_models(models) -> None:
+    """Load each user model and run one batch through it (forward and backward, CPU) before
+    anything is measured: a bad one ends the command in one line, exit status 2."""
+    from cnn.models import ModelError, check_model, is_user_model
+
+    for name in dict.fromkeys(models):
+        if is_user_model(name):
+            try:
+                check_model(name)
+            except ModelError as e:
+                raise UsageError(str(e)) from None
+
+
+def prices(value: str) -> dict:
+    """`cpu=0.10,cuda=3.00`: price per device-hour (bench.cost)."""
+    from bench.cost import PriceError, parse_prices
+
+    try:
+        return parse_prices(value)
+    except PriceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_price_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--price", type=prices, default=None, metavar="DEVICE=PRICE,...",
+                        help="price per device-hour, e.g. cpu=0.10,cuda=3.00: adds cost per million images, per "
+                             "training run and the speedup per unit of cost (default: no cost shown)")
+    parser.add_argument("--price-file", type=Path, default=None,
+                        help='JSON prices per device-hour, e.g. {"cpu": 0.10, "cuda": 3.00} (--price wins)')
+
+
+def _prices(args: argparse.Namespace) -> dict | None:
+    from bench.cost import PriceError, load_price_file
+
+    merged = {}
+    if args.price_file is not None:
+        try:
+            merged.update(load_price_file(args.price_file))
+        except PriceError as e:
+            raise UsageError(str(e)) from None
+    merged.update(args.price or {})
+    return merged or None
+
+
 def device_item(p: str) -> str:
     if p == "cpu" or p == "cuda" or (p.startswith("cuda:") and p[5:].isdigit()):
         return p
@@ -170,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "precision) and write results.jsonl, results.csv and system.json.")
     run.add_argument("--preset", choices=PRESETS, default="standard", help="sweep size")
     run.add_argument("--devices", type=parse_devices, default=("cpu",), help="comma-separated: cpu,cuda")
-    run.add_argument("--models", type=choice_list(model_names(), "model"), default=None,
-                     help=f"comma-separated, from {','.join(model_names())} (default: the preset's)")
+    run.add_argument("--models", type=model_list, default=None,
+                     help=f"comma-separated, from {','.join(model_names())}, or your own as "
+                          "package.module:callable or path/to/file.py:callable (default: the preset's)")
     run.add_argument("--batch-sizes", type=comma_list(positive_int, "positive integers"), default=None,
                      help="comma-separated, e.g. 4,32,128 (default: the preset's)")
     run.add_argument("--precisions", type=choice_list(PRECISIONS, "precision"), default=None,
@@ -228,10 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     report.add_argument("--out", type=Path, default=None, help="report folder (default: the first RUN_DIR)")
     report.add_argument("--margin", type=positive_float, default=1.0, help="equivalence margin, percentage points")
+    _add_price_flags(report)
+    report.add_argument("--readme", type=Path, default=None,
+                        help="also copy the report's headline figure and summary lines into this file, between "
+                             "<!-- headline:start --> and <!-- headline:end -->")
 
     summ = sub.add_parser("summary", help="print the headline figures and verdicts of stored results")
     summ.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     summ.add_argument("--margin", type=positive_float, default=1.0, help="equivalence margin, percentage points")
+    _add_price_flags(summ)
 
     eq = sub.add_parser("equivalence", help="accuracy equivalence verdicts; exit 1 if any pair is not equivalent")
     eq.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
@@ -242,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf = sub.add_parser("perf", help="the loop against its compute ceiling and the classic DataLoader",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     perf.add_argument("--device", type=device_item, default="cpu")
-    perf.add_argument("--models", type=choice_list(model_names(), "model"), default=("tutorial",))
+    perf.add_argument("--models", type=model_list, default=("tutorial",))
     perf.add_argument("--batch-sizes", type=comma_list(positive_int, "positive integers"),
                       default=(4, 32, 128, 512))
     perf.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -384,6 +450,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cpu_reference=False if args.no_cpu_reference or world > 1 else None,
         )
         configs = build_sweep(req)
+    validate_user_models(c.model for c in configs)
     if launch:
         if (args.node_rank or 0) == 0:  # the folder lives on node 0: refuse early, in one line
             try:
@@ -479,12 +546,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import write_report
     from bench.results import ResultsError
 
+    price = _prices(args)
+    if args.readme is not None and not args.readme.is_file():
+        raise UsageError(f"--readme {args.readme}: no such file; expected a markdown file with the headline markers")
     try:
         path = write_report(args.run_dirs, args.out, margin_pp=args.margin,
-                            warn=lambda m: print(f"cifar-bench: warning: {m}", file=sys.stderr))
+                            warn=lambda m: print(f"cifar-bench: warning: {m}", file=sys.stderr), prices=price)
     except ResultsError as e:
         raise UsageError(str(e)) from None
     print(f"cifar-bench: report written to {path}")
+    if args.readme is not None:
+        import shlex
+
+        from bench.headline import HeadlineError, headline_block, update_readme
+
+        command = shlex.join(["cifar-bench", *args.argv])
+        try:
+            update_readme(args.readme, headline_block(path, args.readme, command))
+        except HeadlineError as e:
+            raise UsageError(str(e)) from None
+        print(f"cifar-bench: headline of {args.readme} updated")
     return 0
 
 
@@ -494,7 +575,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     try:
         print(summary_text(args.run_dirs, args.margin, warn=lambda m: print(f"cifar-bench: warning: {m}",
-                                                                             file=sys.stderr)))
+                                                                             file=sys.stderr), prices=_prices(args)))
     except ResultsError as e:
         raise UsageError(str(e)) from None
     return 0
@@ -516,6 +597,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from bench.perf import run_perf
 
     _check_devices([args.device])
+    validate_user_models(args.models)
     return run_perf(args)
 
 

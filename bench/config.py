@@ -21,14 +21,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from cnn.models import model_names
+from cnn.models import FAMILY, is_user_model, model_names, recipe_model
 from cnn.train import PRECISIONS
 
 DEVICES = ("cpu", "cuda")
 BUDGET_FIELDS = ("warmup_steps", "warmup_seconds", "min_steps", "max_steps", "max_seconds", "target_ci",
                  "max_config_seconds", "eval_max_seconds")
 DATA_PATHS = ("device", "dataloader")
-PRESETS = ("quick", "standard", "full", "gpu-check")
+PRESETS = ("quick", "standard", "full", "gpu-check", "sizes")
 
 
 @dataclass(frozen=True)
@@ -96,13 +96,18 @@ CHANNELS_LAST_DEFAULT = {("cpu", "tutorial"): 1, ("cpu", "tutorial-wide"): 1, ("
 
 
 def default_channels_last(device: str, model: str, batch_size: int) -> bool:
-    from_batch = CHANNELS_LAST_DEFAULT.get((device.split(":")[0], model))
+    """The width family and user models take the tutorial's layout (cnn.models.recipe_model)."""
+    from_batch = CHANNELS_LAST_DEFAULT.get((device.split(":")[0], recipe_model(model)))
     return from_batch is not None and batch_size >= from_batch
 
 
 # Augmentation follows each model's usual recipe: none for the tutorial's Net (as in the
 # tutorial), padded crop + flip for ResNet-18 (the standard CIFAR recipe).
 AUGMENT_DEFAULT = {"tutorial": False, "tutorial-wide": False, "resnet18": True}
+
+
+def default_augment(model: str) -> bool:
+    return AUGMENT_DEFAULT.get(recipe_model(model), False)
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,31 @@ PRESET_TABLE: dict[str, Preset] = {
         seeds=(0, 1, 2, 3),
         dataloader_runs=(("tutorial", 32), ("tutorial", 512)),
     ),
+    # The model-size axis of the break-even map: the tutorial Net's width family (3.2 MFLOP
+    # to 1.9 GFLOP per training image) across batch sizes, throughput only. On 2 CPU cores:
+    # 48 configurations, estimated at about 3 minutes on a quiet 2-core VM and about 6 under
+    # the contention seen while sizing it (budgeting ~23 steps per configuration: 3 warm-up,
+    # >= 10 timed, >= 10 ceiling, plus ~1.3 s of fixed cost; step times from single-step
+    # timings of each width). Wide models are trimmed to the batch sizes a CPU can afford: at
+    # width 32 a step costs ~0.2-0.7 s at batch 4 (62 M parameters' gradient, momentum and
+    # casts) plus ~12-16 ms per image; max_config_seconds lets width 32 at batch 16 run even
+    # on a busy machine. On a GPU every width runs every batch size and precision (144
+    # configurations; not yet timed on a GPU).
+    "sizes": Preset(
+        name="sizes",
+        models=FAMILY,
+        batch_sizes={"cpu": (4, 16, 64, 256, 1024), "cuda": (4, 16, 64, 256, 1024, 4096)},
+        precisions=SWEPT_PRECISIONS,
+        budget=dict(warmup_steps=3, warmup_seconds=1.0, min_steps=10, max_steps=100, max_seconds=0.5,
+                    max_config_seconds=60.0, eval_max_seconds=0.2),
+        accuracy_runs=(),
+        seeds=(0,),
+        # the largest batch (4096 on CUDA) must fit in the test set: evaluation steps on it too
+        train_size=16_384,
+        test_size=8_192,
+        model_batch_limit={("cpu", "tutorial-w8"): 256, ("cpu", "tutorial-w16"): 64, ("cpu", "tutorial-w32"): 16},
+        cpu_reference=False,
+    ),
 }
 
 
@@ -236,7 +266,7 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
         configs.append(RunConfig(
             device=device, model=model, batch_size=bs, precision=precision, seed=seed, epochs=epochs,
             channels_last=cl, compile=req.compile, compile_mode=req.compile_mode,
-            augment=req.augment if req.augment is not None else AUGMENT_DEFAULT.get(model, False),
+            augment=req.augment if req.augment is not None else default_augment(model),
             data_path=data_path, threads=req.threads,
             train_size=req.train_size or p.train_size, test_size=req.test_size or p.test_size,
             target_accuracy=req.target_accuracy, **budget,
@@ -296,8 +326,9 @@ def preset_names() -> tuple[str, ...]:
 
 def validate_names(models: tuple[str, ...] = (), precisions: tuple[str, ...] = ()) -> None:
     for m in models:
-        if m not in model_names():
-            raise ValueError(f"unknown model {m!r}; expected one of {', '.join(model_names())}")
+        if m not in model_names() and not is_user_model(m):
+            raise ValueError(f"unknown model {m!r}; expected one of {', '.join(model_names())}, "
+                             "or package.module:callable or path/to/file.py:callable")
     for p in precisions:
         if p not in PRECISIONS:
             raise ValueError(f"unknown precision {p!r}; expected one of {', '.join(PRECISIONS)}")

@@ -19,19 +19,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench import breakeven, cost  # noqa: E402
 from bench.equivalence import equivalence_table, verdict_table  # noqa: E402
 from bench.markdown import to_markdown  # noqa: E402
 from bench.measure import CEILING_FLAG  # noqa: E402
 from bench.results import load_run, markdown_table  # noqa: E402
 from bench.runner import DRIFT_WARN  # noqa: E402
 from bench.timing import NOISY_IQR_RATIO  # noqa: E402
+from cnn.models import FAMILY  # noqa: E402
 
 PRECISION_STYLE = {"fp32": "-", "tf32": "-.", "fp16": "--", "bf16": ":"}
 PRECISION_MARKER = {"fp32": "o", "tf32": "D", "fp16": "s", "bf16": "^"}
 CPU_COLOURS = ["#1f77b4", "#17becf", "#9467bd", "#8c564b"]
 GPU_COLOURS = ["#d62728", "#ff7f0e", "#2ca02c", "#e377c2"]
 EPOCH_IMAGES = 50_000  # a CIFAR-10 training epoch
-MODEL_ORDER = ("tutorial", "tutorial-wide", "resnet18")
+MODEL_ORDER = ("tutorial", "tutorial-wide", "resnet18", *FAMILY)
 
 
 # --------------------------------------------------------------------------------------
@@ -566,7 +568,8 @@ def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
     return lines
 
 
-def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None) -> str:
+def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None,
+                 prices: dict[str, float] | None = None) -> str:
     """The headline table and the verdicts, for a terminal."""
     df, _, _ = load_runs(run_dirs, warn)
     if df.empty:
@@ -579,11 +582,13 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
     if not eq.empty:
         text += "\n" + "\n".join(f"- {r.model} bs {r.batch_size}: {r.candidate} vs {r.reference}: {r.verdict} "
                                  f"({r.diff_pp:+.2f} pp, {r.seeds} seeds)" for r in eq.itertuples())
+    for line in breakeven.summary_lines(df, tp) + (cost.cost_lines(df, tp, prices) if prices else []):
+        text += "\n" + line.replace("**", "")
     return text
 
 
 def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, margin_pp: float = 1.0,
-                 warn=None) -> Path:
+                 warn=None, prices: dict[str, float] | None = None) -> Path:
     """Build report.md and figures in `out` (default: the first run folder)."""
     run_dirs = [Path(d) for d in run_dirs]
     out = Path(out) if out is not None else run_dirs[0]
@@ -627,10 +632,12 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         "",
         "## Summary",
         "",
-        *[f"- {line}" for line in summary_lines(df, tp, eq)],
+        *[f"- {line}" for line in breakeven.summary_lines(df, tp) + summary_lines(df, tp, eq)],
         "",
         to_markdown(headline(df, tp, eq)),
         "",
+        *breakeven.report_section(df, tp, out),
+        *cost.report_section(df, tp, prices),
     ]
     for title, name in figures.items():
         if name:

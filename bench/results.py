@@ -103,6 +103,7 @@ COLUMNS: dict[str, str] = {
 
     "config_id": "short id of the RunConfig (links predictions/<id>.npz)",
     "finished_at": "UNIX time the row was written",
+    "parameters": "model parameters (cnn.models.parameter_count)",
 }
 
 
