@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.equivalence import equivalence_table, verdict_table  # noqa: E402
+from bench.equivalence import equivalence_table, explanation, verdict_table  # noqa: E402
 from bench.markdown import to_markdown  # noqa: E402
 from bench.measure import CEILING_FLAG  # noqa: E402
 from bench.results import load_run, markdown_table  # noqa: E402
@@ -566,13 +566,13 @@ def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
     return lines
 
 
-def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None) -> str:
-    """The headline table and the verdicts, for a terminal."""
+def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None, alpha: float = 0.05) -> str:
+    """The headline table and the verdicts, for a terminal (the same check as `equivalence`)."""
     df, _, _ = load_runs(run_dirs, warn)
     if df.empty:
         return "(no results)"
     tp = throughput(df)
-    eq = equivalence_table(run_dirs, margin_pp, warn=warn)
+    eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
     text = to_markdown(headline(df, tp, eq))
     counts = df["status"].value_counts()
     text += "\n\nconfigurations: " + ", ".join(f"{n} {k}" for k, n in counts.items())
@@ -583,7 +583,7 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
 
 
 def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, margin_pp: float = 1.0,
-                 warn=None) -> Path:
+                 warn=None, alpha: float = 0.05) -> Path:
     """Build report.md and figures in `out` (default: the first run folder)."""
     run_dirs = [Path(d) for d in run_dirs]
     out = Path(out) if out is not None else run_dirs[0]
@@ -595,7 +595,7 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         return out / "report.md"
     tp = throughput(df)
     colours = device_colours(df)
-    eq = equivalence_table(run_dirs, margin_pp, warn=warn)
+    eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
     figures = {
         "Training throughput": _lines_vs_batch(tp, colours, "images_per_s", "training throughput (images/s)",
                                                "Training throughput vs batch size", out, "throughput.png"),
@@ -648,11 +648,12 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     else:
         spread = eq.dropna(subset=["ref_acc_sd_all_seeds"])
         parts += [f"Margin +-{margin_pp:g} percentage points; each candidate is compared with its reference seed by "
-                  "seed (same initial weights, same batches). Verdicts from two one-sided t-tests over seeds; "
-                  "agreement and McNemar's exact test from per-example predictions.", ""]
+                  "seed (same initial weights, same batches); agreement and McNemar's exact test from per-example "
+                  "predictions.", "", *[f"- {line}" for line in explanation(margin_pp, alpha)], ""]
         if not spread.empty:
-            parts += ["Seed-to-seed spread of the reference (sd over seeds): "
-                      + "; ".join(f"{r.model} bs {r.batch_size} {r.reference}: {r.ref_acc_sd_all_seeds:.2f} pp"
+            parts += ["Seed-to-seed spread of the reference (sd over its seeds): "
+                      + "; ".join(f"{r.model} bs {r.batch_size} {r.reference}: {r.ref_acc_sd_all_seeds:.2f} pp over "
+                                  f"{r.ref_seeds} seeds"
                                   for r in spread.drop_duplicates(["model", "batch_size", "reference"]).itertuples())
                       + ". A margin far below this spread cannot be shown with few seeds.", ""]
         parts += [verdict_table(eq), ""]
