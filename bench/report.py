@@ -24,6 +24,8 @@ from bench.markdown import to_markdown  # noqa: E402
 from bench.measure import CEILING_FLAG  # noqa: E402
 from bench.results import load_run, markdown_table  # noqa: E402
 from bench.runner import DRIFT_WARN  # noqa: E402
+from bench.time_to_accuracy import headline as tta_headline  # noqa: E402
+from bench.time_to_accuracy import headline_cell, target_lines, tta_markdown, tta_table  # noqa: E402
 from bench.timing import NOISY_IQR_RATIO  # noqa: E402
 
 PRECISION_STYLE = {"fp32": "-", "tf32": "-.", "fp16": "--", "bf16": ":"}
@@ -45,6 +47,7 @@ def load_runs(run_dirs: Sequence[Path | str], warn=None) -> tuple[pd.DataFrame, 
         frame, raw, system = load_run(folder, warn)
         frame["run_index"] = i
         frame["accuracy_curve"] = [r.get("accuracy_curve") for r in raw]
+        frame["epochs_to_target"] = [r.get("epochs_to_target") for r in raw]
         frames.append(frame)
         rows.extend(raw)
         systems.append({**system, "run_dir": str(folder)})
@@ -159,9 +162,12 @@ def fmt_ips(x: float) -> str:
 
 def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> list[str]:
     lines = []
+    tta = tta_table(df)
     for model in models_in(df):
         s = speedups(tp, model)
         head = f"**{model}**: "
+        for line in tta_headline(tta, model, s["speedup"] if s is not None else None):
+            head += line[0].upper() + line[1:] + ". "
         if s is not None:
             cb, gb = s["cpu_best"], s["gpu_best"]
             text = (f"GPU/CPU speedup **{s['speedup']:.1f}x** at each device's best setting "
@@ -202,6 +208,7 @@ def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> list[
 def headline(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> pd.DataFrame:
     """One row per model: the figures a reader wants first."""
     rows = []
+    tta_all = tta_table(df)
     for model in models_in(df):
         row: dict = {"model": model}
         for kind, name in (("cuda", "GPU"), ("cpu", "CPU")):
@@ -214,6 +221,9 @@ def headline(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> pd.DataFra
                 if sub["mfu"].notna().any() else ""
             row[f"{name} AMP gain"] = amp_gain(tp, kind, model) or ""
         s = speedups(tp, model)
+        tta = headline_cell(tta_all, model)
+        if tta:
+            row["time to accuracy"] = tta
         if s is not None:
             row["GPU/CPU speedup"] = f"{s['speedup']:.1f}x"
             row["GPU wins from bs"] = "never" if s["wins_from"] is None else str(s["wins_from"])
@@ -574,6 +584,10 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
     tp = throughput(df)
     eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
     text = to_markdown(headline(df, tp, eq))
+    tta = tta_table(df)
+    for model in models_in(df):
+        s = speedups(tp, model)
+        text += "".join(f"\n- {model}: {line}" for line in tta_headline(tta, model, s["speedup"] if s else None))
     counts = df["status"].value_counts()
     text += "\n\nconfigurations: " + ", ".join(f"{n} {k}" for k, n in counts.items())
     if not eq.empty:
@@ -639,6 +653,15 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     if missing:
         parts += ["Not drawn for lack of data: " + ", ".join(missing)
                   + " (the speedup needs CPU and CUDA results; accuracy needs runs with epochs > 0).", ""]
+    tta = tta_table(df)
+    if not tta.empty:
+        parts += ["## Time to accuracy", "",
+                  "Wall-clock training seconds (evaluation excluded) until the test accuracy, evaluated after each "
+                  "epoch, first reached the target, so the resolution is one epoch. Median over seeds; a run that "
+                  "never reached the target within the epoch bound counts as slower than any that did (\"not "
+                  "reached\" as the median: half or more never did). Range: the runs that reached it. The summary "
+                  "compares each device's fastest configuration at one target.", "",
+                  *[f"- Target: {line}" for line in target_lines(tta)], "", tta_markdown(tta), ""]
     if not scaling.empty:
         parts += ["## Scaling out (data parallel)", "", f"![Scaling]({fig_scaling(df, out)})", "",
                   *scaling_lines(df), "", scaling_markdown(scaling), ""]
