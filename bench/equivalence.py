@@ -226,12 +226,15 @@ def _side_label(side: dict, multi_run: bool, ref: dict | None = None) -> str:
 
 
 def accuracy_rows(run_dirs: Sequence[Path | str], warn=None) -> list[dict]:
-    """Finished accuracy runs (status ok, epochs > 0) from all folders, with their folder."""
+    """Finished accuracy runs (status ok, epochs > 0) from all folders, with their folder.
+    Time-to-accuracy runs that stopped at their target are left out: their final accuracy is
+    the first one past the target, not the accuracy after a fixed number of epochs."""
     rows = []
     for i, folder in enumerate(run_dirs):
         _, raw, _ = load_run(folder, warn)
         for r in raw:
-            if r.get("status") == "ok" and (r.get("epochs") or 0) > 0 and r.get("test_accuracy") is not None:
+            if r.get("status") == "ok" and (r.get("epochs") or 0) > 0 and r.get("test_accuracy") is not None \
+                    and not r.get("stop_at_target"):
                 # rows from before scale-out have no world_size: one process
                 rows.append({**r, "world_size": r.get("world_size") or 1, "run_index": i, "run_dir": str(folder)})
     return rows

@@ -238,3 +238,11 @@ def test_makefile_writes_the_report_before_the_equivalence_gate():
     for target in ("bench-cpu:", "bench-gpu:"):
         recipe = makefile.split(target)[1].split("\n\n")[0]
         assert recipe.index("cifar-bench report") < recipe.index("cifar-bench equivalence"), target
+
+
+def test_runs_stopped_at_their_target_are_not_compared(tmp_path):
+    # their final accuracy is the first past the target, whatever the arithmetic did
+    rows = []
+    for seed in range(3):
+        rows += [acc_row(seed, 0.70, "fp32"), acc_row(seed, 0.61, "bf16", target_accuracy=0.6, stop_at_target=True)]
+    assert equivalence_table([write_folder(tmp_path / "tta", rows)]).empty
