@@ -4,6 +4,9 @@ Input is validated here, at the edge: a bad value ends the command with one line
 the value and what was expected, and exit status 2 (no traceback). `run` exits 1 when a
 configuration failed (everything else is saved first), 130 when interrupted.
 
+`equivalence` exit status: 0 every pair equivalent or inconclusive, 3 at least one pair not
+equivalent (a verdict), 1 an error (results that cannot be compared), 2 bad usage.
+
 `run --nproc N` (and `--nnodes` ...) validates the arguments, then re-executes the same
 command through torchrun (`python -m torch.distributed.run ... -m bench run ...`) without
 the launch flags; each worker finds itself in a torchrun job from the environment.
@@ -18,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXIT_FAILED = 1  # run: a configuration failed (after saving everything)
+EXIT_ERROR = 1  # equivalence, report, summary: results that cannot be compared
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -64,6 +68,17 @@ def positive_float(value: str) -> float:
         raise _bad(value, "a positive number") from None
     if not x > 0 or x != x or x == float("inf"):
         raise _bad(value, "a positive number")
+    return x
+
+
+def alpha_level(value: str) -> float:
+    """A significance level strictly between 0 and 0.5 (the TOST interval is 1 - 2 alpha)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise _bad(value, "a significance level between 0 and 0.5, such as 0.05") from None
+    if not 0 < x < 0.5:
+        raise _bad(value, "a significance level between 0 and 0.5, such as 0.05")
     return x
 
 
@@ -285,10 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--dist-timeout", type=positive_float, default=600.0,
                        help="seconds any process waits for the others before the job fails (instead of hanging)")
 
+    margin_help = "equivalence margin, percentage points"
+    alpha_help = "significance level of each pair's tests (the TOST interval is 1 - 2 alpha)"
     report = sub.add_parser("report", help="write report.md and figures from stored results")
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     report.add_argument("--out", type=Path, default=None, help="report folder (default: the first RUN_DIR)")
-    report.add_argument("--margin", type=positive_float, default=1.0, help="equivalence margin, percentage points")
+    report.add_argument("--margin", type=positive_float, default=1.0, help=margin_help)
+    report.add_argument("--alpha", type=alpha_level, default=0.05, help=alpha_help)
     _add_price_flags(report)
     report.add_argument("--readme", type=Path, default=None,
                         help="also copy the report's headline figure and summary lines into this file, between "
@@ -296,13 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     summ = sub.add_parser("summary", help="print the headline figures and verdicts of stored results")
     summ.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
-    summ.add_argument("--margin", type=positive_float, default=1.0, help="equivalence margin, percentage points")
+    summ.add_argument("--margin", type=positive_float, default=1.0, help=margin_help)
+    summ.add_argument("--alpha", type=alpha_level, default=0.05, help=alpha_help)
     _add_price_flags(summ)
 
-    eq = sub.add_parser("equivalence", help="accuracy equivalence verdicts; exit 1 if any pair is not equivalent")
+    eq = sub.add_parser("equivalence", help="accuracy equivalence verdicts; exit 3 if any pair is not equivalent",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Accuracy equivalence of every accuracy run against its CPU (or CUDA) fp32 "
+                                    "reference,\nseed by seed; writes equivalence.csv.\n\n"
+                                    "exit status:\n"
+                                    "  0  every pair equivalent or inconclusive\n"
+                                    "  3  at least one pair is not equivalent (a verdict)\n"
+                                    "  1  an error (e.g. two runs of a seed evaluated on different test sets)\n"
+                                    "  2  bad usage (a bad flag or value, a RUN_DIR that is not a run folder)")
     eq.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     eq.add_argument("--margin", type=positive_float, default=1.0, help="margin in percentage points")
-    eq.add_argument("--alpha", type=positive_float, default=0.05, help="significance level of the tests")
+    eq.add_argument("--alpha", type=alpha_level, default=0.05, help=alpha_help)
     eq.add_argument("--out", type=Path, default=None, help="where equivalence.csv goes (default: first RUN_DIR)")
 
     perf = sub.add_parser("perf", help="the loop against its compute ceiling and the classic DataLoader",
@@ -542,7 +569,17 @@ def results_table(frame) -> str:
     return markdown_table(frame, cols)
 
 
+def _warn(message: str) -> None:
+    print(f"cifar-bench: warning: {message}", file=sys.stderr)
+
+
+def _error(message: str) -> int:
+    print(f"cifar-bench: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
 def cmd_report(args: argparse.Namespace) -> int:
+    from bench.equivalence import EquivalenceError
     from bench.report import write_report
     from bench.results import ResultsError
 
@@ -550,10 +587,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.readme is not None and not args.readme.is_file():
         raise UsageError(f"--readme {args.readme}: no such file; expected a markdown file with the headline markers")
     try:
-        path = write_report(args.run_dirs, args.out, margin_pp=args.margin,
-                            warn=lambda m: print(f"cifar-bench: warning: {m}", file=sys.stderr), prices=price)
+        path = write_report(args.run_dirs, args.out, margin_pp=args.margin, alpha=args.alpha, warn=_warn,
+                            prices=price)
     except ResultsError as e:
         raise UsageError(str(e)) from None
+    except EquivalenceError as e:
+        return _error(str(e))
     print(f"cifar-bench: report written to {path}")
     if args.readme is not None:
         import shlex
@@ -570,27 +609,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from bench.equivalence import EquivalenceError
     from bench.report import summary_text
     from bench.results import ResultsError
 
     try:
-        print(summary_text(args.run_dirs, args.margin, warn=lambda m: print(f"cifar-bench: warning: {m}",
-                                                                             file=sys.stderr), prices=_prices(args)))
+        print(summary_text(args.run_dirs, args.margin, alpha=args.alpha, warn=_warn, prices=_prices(args)))
     except ResultsError as e:
         raise UsageError(str(e)) from None
+    except EquivalenceError as e:
+        return _error(str(e))
     return 0
 
 
 def cmd_equivalence(args: argparse.Namespace) -> int:
-    from bench.equivalence import run_equivalence
+    """Exit 0 (equivalent or inconclusive), 3 (a pair not equivalent), 1 (error), 2 (usage)."""
+    from bench.equivalence import EquivalenceError, run_equivalence
     from bench.results import ResultsError
 
-    if not 0 < args.alpha < 0.5:
-        raise UsageError(f"--alpha {args.alpha} is out of range; expected a value between 0 and 0.5")
     try:
         return run_equivalence(args.run_dirs, margin_pp=args.margin, alpha=args.alpha, out=args.out)
     except ResultsError as e:
         raise UsageError(str(e)) from None
+    except (EquivalenceError, OSError) as e:
+        return _error(str(e))
 
 
 def cmd_perf(args: argparse.Namespace) -> int:

@@ -20,11 +20,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench import breakeven, cost  # noqa: E402
-from bench.equivalence import equivalence_table, verdict_table  # noqa: E402
+from bench.equivalence import equivalence_table, explanation, verdict_table  # noqa: E402
 from bench.markdown import to_markdown  # noqa: E402
 from bench.measure import CEILING_FLAG  # noqa: E402
 from bench.results import load_run, markdown_table  # noqa: E402
 from bench.runner import DRIFT_WARN  # noqa: E402
+from bench.time_to_accuracy import headline as tta_headline  # noqa: E402
+from bench.time_to_accuracy import headline_cell, target_lines, tta_markdown, tta_table  # noqa: E402
 from bench.timing import NOISY_IQR_RATIO  # noqa: E402
 from cnn.models import FAMILY  # noqa: E402
 
@@ -47,6 +49,7 @@ def load_runs(run_dirs: Sequence[Path | str], warn=None) -> tuple[pd.DataFrame, 
         frame, raw, system = load_run(folder, warn)
         frame["run_index"] = i
         frame["accuracy_curve"] = [r.get("accuracy_curve") for r in raw]
+        frame["epochs_to_target"] = [r.get("epochs_to_target") for r in raw]
         frames.append(frame)
         rows.extend(raw)
         systems.append({**system, "run_dir": str(folder)})
@@ -161,9 +164,12 @@ def fmt_ips(x: float) -> str:
 
 def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> list[str]:
     lines = []
+    tta = tta_table(df)
     for model in models_in(df):
         s = speedups(tp, model)
         head = f"**{model}**: "
+        for line in tta_headline(tta, model, s["speedup"] if s is not None else None):
+            head += line[0].upper() + line[1:] + ". "
         if s is not None:
             cb, gb = s["cpu_best"], s["gpu_best"]
             text = (f"GPU/CPU speedup **{s['speedup']:.1f}x** at each device's best setting "
@@ -204,6 +210,7 @@ def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> list[
 def headline(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> pd.DataFrame:
     """One row per model: the figures a reader wants first."""
     rows = []
+    tta_all = tta_table(df)
     for model in models_in(df):
         row: dict = {"model": model}
         for kind, name in (("cuda", "GPU"), ("cpu", "CPU")):
@@ -216,6 +223,9 @@ def headline(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> pd.DataFra
                 if sub["mfu"].notna().any() else ""
             row[f"{name} AMP gain"] = amp_gain(tp, kind, model) or ""
         s = speedups(tp, model)
+        tta = headline_cell(tta_all, model)
+        if tta:
+            row["time to accuracy"] = tta
         if s is not None:
             row["GPU/CPU speedup"] = f"{s['speedup']:.1f}x"
             row["GPU wins from bs"] = "never" if s["wins_from"] is None else str(s["wins_from"])
@@ -568,15 +578,19 @@ def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
     return lines
 
 
-def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None,
+def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None, alpha: float = 0.05,
                  prices: dict[str, float] | None = None) -> str:
-    """The headline table and the verdicts, for a terminal."""
+    """The headline table and the verdicts, for a terminal (the same check as `equivalence`)."""
     df, _, _ = load_runs(run_dirs, warn)
     if df.empty:
         return "(no results)"
     tp = throughput(df)
-    eq = equivalence_table(run_dirs, margin_pp, warn=warn)
+    eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
     text = to_markdown(headline(df, tp, eq))
+    tta = tta_table(df)
+    for model in models_in(df):
+        s = speedups(tp, model)
+        text += "".join(f"\n- {model}: {line}" for line in tta_headline(tta, model, s["speedup"] if s else None))
     counts = df["status"].value_counts()
     text += "\n\nconfigurations: " + ", ".join(f"{n} {k}" for k, n in counts.items())
     if not eq.empty:
@@ -588,7 +602,7 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
 
 
 def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, margin_pp: float = 1.0,
-                 warn=None, prices: dict[str, float] | None = None) -> Path:
+                 warn=None, alpha: float = 0.05, prices: dict[str, float] | None = None) -> Path:
     """Build report.md and figures in `out` (default: the first run folder)."""
     run_dirs = [Path(d) for d in run_dirs]
     out = Path(out) if out is not None else run_dirs[0]
@@ -600,7 +614,7 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         return out / "report.md"
     tp = throughput(df)
     colours = device_colours(df)
-    eq = equivalence_table(run_dirs, margin_pp, warn=warn)
+    eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
     figures = {
         "Training throughput": _lines_vs_batch(tp, colours, "images_per_s", "training throughput (images/s)",
                                                "Training throughput vs batch size", out, "throughput.png"),
@@ -646,6 +660,15 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     if missing:
         parts += ["Not drawn for lack of data: " + ", ".join(missing)
                   + " (the speedup needs CPU and CUDA results; accuracy needs runs with epochs > 0).", ""]
+    tta = tta_table(df)
+    if not tta.empty:
+        parts += ["## Time to accuracy", "",
+                  "Wall-clock training seconds (evaluation excluded) until the test accuracy, evaluated after each "
+                  "epoch, first reached the target, so the resolution is one epoch. Median over seeds; a run that "
+                  "never reached the target within the epoch bound counts as slower than any that did (\"not "
+                  "reached\" as the median: half or more never did). Range: the runs that reached it. The summary "
+                  "compares each device's fastest configuration at one target.", "",
+                  *[f"- Target: {line}" for line in target_lines(tta)], "", tta_markdown(tta), ""]
     if not scaling.empty:
         parts += ["## Scaling out (data parallel)", "", f"![Scaling]({fig_scaling(df, out)})", "",
                   *scaling_lines(df), "", scaling_markdown(scaling), ""]
@@ -655,11 +678,12 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     else:
         spread = eq.dropna(subset=["ref_acc_sd_all_seeds"])
         parts += [f"Margin +-{margin_pp:g} percentage points; each candidate is compared with its reference seed by "
-                  "seed (same initial weights, same batches). Verdicts from two one-sided t-tests over seeds; "
-                  "agreement and McNemar's exact test from per-example predictions.", ""]
+                  "seed (same initial weights, same batches); agreement and McNemar's exact test from per-example "
+                  "predictions.", "", *[f"- {line}" for line in explanation(margin_pp, alpha)], ""]
         if not spread.empty:
-            parts += ["Seed-to-seed spread of the reference (sd over seeds): "
-                      + "; ".join(f"{r.model} bs {r.batch_size} {r.reference}: {r.ref_acc_sd_all_seeds:.2f} pp"
+            parts += ["Seed-to-seed spread of the reference (sd over its seeds): "
+                      + "; ".join(f"{r.model} bs {r.batch_size} {r.reference}: {r.ref_acc_sd_all_seeds:.2f} pp over "
+                                  f"{r.ref_seeds} seeds"
                                   for r in spread.drop_duplicates(["model", "batch_size", "reference"]).itertuples())
                       + ". A margin far below this spread cannot be shown with few seeds.", ""]
         parts += [verdict_table(eq), ""]
