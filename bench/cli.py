@@ -492,7 +492,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     log=lambda m: print(m, flush=True), progress=False if args.no_progress else None)
     started = time.perf_counter()
     try:
-        rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all)
+        rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all,
+                          followup=_time_to_accuracy_plan(args, grid_given))
     except (RunFolderError, DataError) as e:
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
@@ -503,6 +504,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     all_rows = runner.store.load()
     print(results_table(to_frame(all_rows)))
     return _finish(rows, f"in {time.perf_counter() - started:.0f} s; results in {out}")
+
+
+def _time_to_accuracy_plan(args: argparse.Namespace, grid_given: bool):
+    """The preset's time-to-accuracy runs, planned from the grid's results (none when the
+    user chose the grid by hand, or asked for no accuracy runs with --epochs 0)."""
+    from bench.config import PRESET_TABLE
+    from bench.targets import plan_time_to_accuracy
+
+    preset = PRESET_TABLE[args.preset]
+    if not preset.time_to_accuracy or grid_given or args.epochs == 0:
+        return None
+    return lambda rows: plan_time_to_accuracy(rows, preset.time_to_accuracy, preset.tta_seeds, preset.tta_epochs,
+                                              target=args.target_accuracy)
 
 
 def _finish(rows: list[dict], where: str) -> int:

@@ -133,6 +133,11 @@ class Preset:
     # (model, batch_size) pairs also measured through the classic DataLoader (fp32,
     # throughput only) on every device of the sweep, so the report shows the input cost.
     dataloader_runs: tuple[tuple[str, int], ...] = ()
+    # Time to accuracy, planned after the grid from its results (bench/targets.py): these
+    # models at each device's fastest batch sizes, `tta_seeds`, at most `tta_epochs` epochs.
+    time_to_accuracy: tuple[str, ...] = ()
+    tta_seeds: tuple[int, ...] = (0, 1, 2)
+    tta_epochs: int = 4
 
 
 # Every preset sweeps these: bf16 is the CPU's reduced precision (fp16 and tf32 are CUDA-only).
@@ -168,6 +173,9 @@ PRESET_TABLE: dict[str, Preset] = {
         accuracy_epochs=2,
         seeds=(0, 1, 2, 3),
         dataloader_runs=(("tutorial", 32), ("tutorial", 128), ("tutorial", 512)),
+        time_to_accuracy=("tutorial",),
+        tta_seeds=(0, 1, 2),
+        tta_epochs=4,
     ),
     # Hours on a CPU: every model at every batch size, three seeds, longer timed loops.
     "full": Preset(
@@ -196,6 +204,9 @@ PRESET_TABLE: dict[str, Preset] = {
         accuracy_epochs=2,
         seeds=(0, 1, 2, 3),
         dataloader_runs=(("tutorial", 32), ("tutorial", 512)),
+        time_to_accuracy=("tutorial",),
+        tta_seeds=(0, 1, 2),
+        tta_epochs=4,
     ),
     # The model-size axis of the break-even map: the tutorial Net's width family (3.2 MFLOP
     # to 1.9 GFLOP per training image) across batch sizes, throughput only. On 2 CPU cores:

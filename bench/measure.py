@@ -20,6 +20,7 @@ import torch
 from bench import protocol, system, timing
 from bench.config import RunConfig
 from cnn.data import Cifar10Arrays, DeviceBatches, classic_loader
+from cnn.models import parameter_count
 from cnn.train import Trainer, evaluate, make_trainer, train_epoch
 
 CEILING_FLAG = 1.05  # a loop measured faster than its own ceiling by more than this is noise, not speed
@@ -103,9 +104,13 @@ def ceiling_loop(trainer: Trainer, stream: Iterator) -> protocol.Loop:
     return lambda n, on_step: train_epoch(trainer, itertools.repeat(fixed, n), on_step=on_step)
 
 
-def eval_loop(trainer: Trainer, test: Callable[[], Iterator]) -> protocol.Loop:
-    stream = itertools.chain.from_iterable(test() for _ in itertools.count())
-    return lambda n, on_step: evaluate(trainer, itertools.islice(stream, n), on_step=on_step)
+def eval_loop(trainer: Trainer, test: Callable[[], Iterator]) -> tuple[protocol.Loop, int]:
+    """Evaluation steps over full test batches only (a final partial batch would be counted
+    as a whole one), and the images per step: the batch size, or the whole test set when it
+    is smaller than one batch."""
+    full = len(next(test())[1])
+    stream = (b for _ in itertools.count() for b in test() if len(b[1]) == full)
+    return (lambda n, on_step: evaluate(trainer, itertools.islice(stream, n), on_step=on_step)), full
 
 
 def time_training(cfg: RunConfig, trainer: Trainer, loop: protocol.Loop, other: tuple[str, protocol.Loop],
@@ -145,12 +150,12 @@ def time_training(cfg: RunConfig, trainer: Trainer, loop: protocol.Loop, other: 
 def time_eval(cfg: RunConfig, trainer: Trainer, test: Callable[[], Iterator], phase: Callable[[str], None],
               policy: protocol.Policy) -> dict:
     phase("inference")
-    loop = eval_loop(trainer, test)
+    loop, images = eval_loop(trainer, test)
     # rank 0 alone evaluates: its loops agree with nobody
     p = protocol.replace(policy, max_seconds=cfg.eval_max_seconds, warmup_min=1, warmup_steps=3, agree=lambda x: x)
     warm = protocol.warm_up(loop, trainer.device, p)
     rounds = protocol.measure({"eval": loop}, warm.steady, trainer.device, p)
-    ev = rounds.measurement("eval", cfg.batch_size, "")
+    ev = rounds.measurement("eval", images, "")
     return {"eval_images_per_s": ev.items_per_second, "eval_samples_s": list(ev.samples)}
 
 
@@ -215,7 +220,8 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
         flops = system.training_flops_per_image(cfg.model)
         peak = peak_tflops()
         achieved = flops * row["train_images_per_s"] / 1e12
-        row.update(flops_per_image=flops, achieved_tflops=achieved, peak_tflops=peak, mfu=achieved / peak)
+        row.update(flops_per_image=flops, parameters=parameter_count(cfg.model), achieved_tflops=achieved,
+                   peak_tflops=peak, mfu=achieved / peak)
     if dist is not None:
         dist.barrier()
     if cfg.epochs > 0:

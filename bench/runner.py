@@ -131,8 +131,11 @@ class Runner:
 
     # ---- folder and data -------------------------------------------------------------
 
-    def run(self, configs: list[RunConfig], resume: bool = False, retry_all: bool = False) -> list[dict]:
-        """Run what is pending; returns the rows this call recorded."""
+    def run(self, configs: list[RunConfig], resume: bool = False, retry_all: bool = False,
+            followup: Callable[[list[dict]], list[RunConfig]] | None = None) -> list[dict]:
+        """Run what is pending; returns the rows this call recorded. `followup` plans more
+        configurations from every row recorded once those have run (time to accuracy at the
+        fastest batch sizes); they join sweep.json and run in the same sweep (one process)."""
         plan, problem = None, None
         try:
             if self.main:
@@ -162,7 +165,14 @@ class Runner:
                 problems = [p for p in self.dist.all_gather(problem) if p]
                 if problems:
                     raise DataError("; ".join(problems))
-            return self._sweep(plan["pending"])
+            rows = self._sweep(plan["pending"])
+            if followup is not None and self.dist is None:
+                more = [c for c in followup(self.store.load()) if c not in configs]
+                if more:
+                    self.log(f"time to accuracy: {len(more)} runs at the fastest batch sizes measured")
+                    configs = configs + more
+                    rows += self._sweep(self.folder.pending(configs, resume=True, retry_all=retry_all))
+            return rows
         finally:
             self.folder.release()
 

@@ -39,3 +39,36 @@ DEFAULT_TARGETS: dict[tuple[str, str], Target] = {
 def default_target(model: str, data: str) -> Target | None:
     """The default target of a model on a data kind (cifar10 or synthetic), or None."""
     return DEFAULT_TARGETS.get((model, data))
+
+
+def plan_time_to_accuracy(rows: list[dict], models: tuple[str, ...], seeds: tuple[int, ...], max_epochs: int,
+                          candidates: int = 2, target: float | None = None) -> list:
+    """The time-to-accuracy runs a sweep adds after its throughput grid: for each device and
+    model, the `candidates` fastest batch sizes measured (each at its fastest precision and
+    layout), trained from the seed's weights until the target or `max_epochs`, for every seed.
+    The best throughput may not be the fastest to the target (its learning rate is capped), so
+    the next batch size runs too, and the report names the fastest to the target."""
+    from dataclasses import replace
+
+    from bench.config import RunConfig
+
+    grid = [r for r in rows if r.get("status") == "ok" and not r.get("epochs") and r.get("data_path") == "device"
+            and (r.get("world_size") or 1) == 1 and r.get("model") in models and isinstance(r.get("config"), dict)]
+    plans = []
+    for device, model in dict.fromkeys((r["device"], r["model"]) for r in grid):
+        chosen = default_target(model, grid[0]["data"])
+        goal = target if target is not None else (chosen.accuracy if chosen else None)
+        if goal is None:
+            continue
+        best_by_batch: dict[int, dict] = {}
+        for r in grid:
+            if (r["device"], r["model"]) == (device, model):
+                b = best_by_batch.get(r["batch_size"])
+                if b is None or r["train_images_per_s"] > b["train_images_per_s"]:
+                    best_by_batch[r["batch_size"]] = r
+        ranked = sorted(best_by_batch.values(), key=lambda r: -r["train_images_per_s"])[:candidates]
+        for r in ranked:
+            base = RunConfig.from_dict(r["config"])
+            plans += [replace(base, seed=s, epochs=max_epochs, target_accuracy=goal, stop_at_target=True)
+                      for s in seeds]
+    return plans

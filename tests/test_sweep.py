@@ -165,3 +165,16 @@ def test_a_compiled_configuration_is_ok_and_reports_its_compile_time(tmp_path):
     assert row["status"] == "ok", row["reason"]
     assert row["warmup_steps"] >= 3 and row["compile_seconds"] > 0.5  # inductor generates and compiles C++
     assert row["compile_seconds"] == row["startup_seconds"]
+
+
+def test_time_to_accuracy_is_planned_from_the_grids_fastest_batch_sizes(tmp_path):
+    from bench.targets import plan_time_to_accuracy
+
+    plan = lambda rows: plan_time_to_accuracy(rows, ("tutorial",), (0, 1), 3, candidates=1, target=0.01)
+    runner, rows = sweep(tmp_path, [tiny(batch_size=8), tiny(batch_size=32)], followup=plan)
+    grid, tta = rows[:2], rows[2:]
+    fastest = max(grid, key=lambda r: r["train_images_per_s"])
+    assert [(r["batch_size"], r["seed"]) for r in tta] == [(fastest["batch_size"], 0), (fastest["batch_size"], 1)]
+    assert all(r["stop_at_target"] and r["target_accuracy"] == 0.01 and r["epochs_to_target"] == 1 for r in tta)
+    sweep_json = json.loads((tmp_path / "run" / "sweep.json").read_text())
+    assert len(sweep_json) == 4  # the planned runs join the sweep, so --resume finishes them too
