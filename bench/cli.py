@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                          description="Run a sweep of configurations (device x model x batch size x "
                                      "precision) and write results.jsonl, results.csv and system.json.")
-    run.add_argument("--preset", choices=PRESETS, default="standard", help="sweep size")
+    run.add_argument("--preset", choices=PRESETS, default=None, help="sweep size (default: standard)")
     run.add_argument("--devices", type=parse_devices, default=("cpu",), help="comma-separated: cpu,cuda")
     run.add_argument("--models", type=model_list, default=None,
                      help=f"comma-separated, from {','.join(model_names())}, or your own as "
@@ -449,7 +449,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                              args.seeds, args.seed, args.threads))
     world = (args.nproc or 1) * (args.nnodes or 1) if launch else (topo.world_size if topo else 1)
     out = args.out or _default_out(args.devices, world)
-    if args.resume and not grid_given and (out / "sweep.json").exists():
+    from_file = args.resume and not grid_given and (out / "sweep.json").exists()
+    if from_file:  # the sweep as recorded, planned time-to-accuracy runs included
         configs = [RunConfig.from_dict(d) for d in json.loads((out / "sweep.json").read_text())]
     else:
         seeds = None
@@ -464,7 +465,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.max_seconds is not None:
             budget["max_seconds"] = args.max_seconds
         req = SweepRequest(
-            preset=args.preset, devices=args.devices, models=args.models, batch_sizes=args.batch_sizes,
+            preset=args.preset or "standard", devices=args.devices, models=args.models, batch_sizes=args.batch_sizes,
             precisions=args.precisions, epochs=args.epochs, seeds=seeds, threads=args.threads,
             channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
             compile=args.compile or args.compile_mode is not None,
@@ -492,8 +493,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                     log=lambda m: print(m, flush=True), progress=False if args.no_progress else None)
     started = time.perf_counter()
     try:
-        rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all,
-                          followup=_time_to_accuracy_plan(args, grid_given))
+        # a plain --resume runs what sweep.json holds; --resume --preset NAME plans the preset's follow-ups too
+        followup = None if from_file and args.preset is None else _time_to_accuracy_plan(args, grid_given)
+        rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all, followup=followup)
     except (RunFolderError, DataError) as e:
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
@@ -512,7 +514,7 @@ def _time_to_accuracy_plan(args: argparse.Namespace, grid_given: bool):
     from bench.config import PRESET_TABLE
     from bench.targets import plan_time_to_accuracy
 
-    preset = PRESET_TABLE[args.preset]
+    preset = PRESET_TABLE[args.preset or "standard"]
     if not preset.time_to_accuracy or grid_given or args.epochs == 0:
         return None
     return lambda rows: plan_time_to_accuracy(rows, preset.time_to_accuracy, preset.tta_seeds, preset.tta_epochs,

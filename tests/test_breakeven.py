@@ -44,7 +44,8 @@ def fabricate_cuda(cpu_folder, folder, factors=FACTORS, extra=()):
         if key not in factors:
             continue
         ips = r["train_images_per_s"] * factors[key]
-        store.append({**r, "device": "cuda", "device_name": FAKE_GPU, "host": "fabricated", "precision": "fp16",
+        store.append({**r, "config": {**r["config"], "device": "cuda", "precision": "fp16"},
+                      "device": "cuda", "device_name": FAKE_GPU, "host": "fabricated", "precision": "fp16",
                       "train_images_per_s": ips, "step_ms_median": 1e3 * r["batch_size"] / ips,
                       "timing_method": "cuda_event", "mfu": None})
     for r in extra:
@@ -58,7 +59,8 @@ def fabricate_cuda(cpu_folder, folder, factors=FACTORS, extra=()):
 def cuda_run(cpu_run, tmp_path_factory):
     # a w4 row on the GPU alone: no CPU measured it, so it must not get a speedup
     w1 = read_jsonl(cpu_run / "results.jsonl")[0]
-    lonely = {**w1, "device": "cuda", "device_name": FAKE_GPU, "host": "fabricated", "model": "tutorial-w4",
+    lonely = {**w1, "config": {**w1["config"], "device": "cuda", "model": "tutorial-w4"},
+              "device": "cuda", "device_name": FAKE_GPU, "host": "fabricated", "model": "tutorial-w4",
               "flops_per_image": 34_280_640, "train_images_per_s": 1e6, "mfu": None}
     return fabricate_cuda(cpu_run, tmp_path_factory.mktemp("cuda") / "run", extra=[lonely])
 
@@ -250,8 +252,8 @@ def test_cost_to_the_target_accuracy_uses_the_fastest_measured_time(cpu_run, tmp
     folder.mkdir()
     store = ResultsStore(folder)
     for seed, seconds in ((0, 36.0), (1, 72.0)):  # made-up times to target, for the arithmetic
-        store.append({**base, "seed": seed, "epochs": 3, "test_accuracy": 0.7, "target_accuracy": 0.6,
-                      "time_to_target_s": seconds})
+        store.append({**base, "config": {**base["config"], "seed": seed, "epochs": 3}, "seed": seed, "epochs": 3,
+                      "test_accuracy": 0.7, "target_accuracy": 0.6, "time_to_target_s": seconds})
     df, tp = frames(cpu_run, folder)
     table = cost_table(df, tp, {"cpu": 0.10})
     w1 = table[table["model"] == "tutorial-w1"].iloc[0]

@@ -257,8 +257,10 @@ def test_nproc_2_runs_ddp_on_gloo_writes_results_once_and_matches_one_process(tm
     assert "33 does not divide among 2 processes" in rows[1]["reason"]
     r = rows[0]
     assert (r["world_size"], r["backend"], r["nodes"], r["threads"]) == (2, "gloo", 1, 1)
-    assert len(r["rank_step_ms_median"]) == 2 and r["step_ms_median"] == pytest.approx(max(r["rank_step_ms_median"]))
-    assert r["train_images_per_s"] == pytest.approx(32 / (r["step_ms_median"] / 1e3))
+    # the job is as fast as its slowest rank: the headline is its images over its total timed time
+    assert len(r["rank_step_ms_median"]) == 2
+    assert any(r["step_ms_median"] == pytest.approx(m) for m in r["rank_step_ms_median"])
+    assert r["train_images_per_s"] == pytest.approx(32 * r["timed_steps"] / sum(r["step_samples_s"]))
     assert 0 <= r["comm_share"] <= 1 and r["step_ms_no_sync"] > 0
     assert r["timed_steps"] == len(r["step_samples_s"]) >= 3 and r["warmup_steps"] >= 2
     assert 0 <= r["test_accuracy"] <= 1
