@@ -79,7 +79,10 @@ bench-scaling: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
-# One prepared run for a GPU machine (no install; outputs under $OUT when set).
+# One prepared run for a GPU machine (no install; outputs under $OUT when set; the time bound
+# is printed first, `scripts/gpu-check.sh --print-bound` shows the stage table). The dry run
+# does the same stages on the CPU with only the GPU machine's packages importable
+# (scripts/gpu_env).
 gpu-check:
 	scripts/gpu-check.sh
 
