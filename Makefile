@@ -8,7 +8,7 @@ STAMP_TIME = $(shell date +%Y%m%d-%H%M%S)
 HOST = $(shell hostname)
 RUNS ?= runs
 
-.PHONY: venv test lint bench-cpu bench-gpu bench-quick bench-scaling bench-baseline bench-compare perf gpu-check \
+.PHONY: venv test test-compat lint bench-cpu bench-gpu bench-quick bench-scaling bench-baseline bench-compare perf gpu-check \
 	gpu-check-dry-run clean
 
 # Re-created only when pyproject.toml changes; the stamp is written last, so an
@@ -23,8 +23,29 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The suite against the GPU machine's torch and torchvision, in its own environment
+# (.venv-compat; Python 3.12 as there when python3.12 runs, else $(PYTHON)). torch comes from
+# PyPI with its CUDA libraries (about 3.5 GB to download the first time; pip's cache serves
+# later builds); CUDA tests skip without a GPU. Other versions: make test-compat
+# COMPAT_TORCH=2.4.1 COMPAT_VISION=0.19.1 COMPAT_VENV=.venv-compat-2.4.
+COMPAT_TORCH ?= 2.11.*
+COMPAT_VISION ?= 0.26.*
+COMPAT_VENV ?= .venv-compat
+COMPAT_PYTHON ?= $(shell python3.12 -c '' >/dev/null 2>&1 && echo python3.12 || echo $(PYTHON))
+COMPAT_STAMP := $(COMPAT_VENV)/.installed-torch-$(subst *,x,$(COMPAT_TORCH))
+
+$(COMPAT_STAMP): pyproject.toml
+	test -x $(COMPAT_VENV)/bin/python || $(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		'torch==$(COMPAT_TORCH)' 'torchvision==$(COMPAT_VISION)' -e '.[dev]'
+	$(COMPAT_VENV)/bin/python -c 'import torch, torchvision; print("compat: torch", torch.__version__, "torchvision", torchvision.__version__)'
+	touch $@
+
+test-compat: $(COMPAT_STAMP)
+	$(COMPAT_VENV)/bin/python -m pytest -q -p no:cacheprovider $(ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check cnn bench tests
+	$(BIN)/ruff check cnn bench tests scripts
 
 # The standard CPU sweep, its accuracy verdicts and its report (under 10 minutes on a
 # 2-core laptop). The verdicts are printed last; a "not equivalent" pair makes the
@@ -77,7 +98,7 @@ bench-scaling: $(STAMP)
 	$(BIN)/cifar-bench report $$run/p1-t1 $$run/p1 $$run/p$(NPROC) --out $$run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-compat* .pytest_cache .ruff_cache
 
 # One prepared run for a GPU machine (no install; outputs under $OUT when set; the time bound
 # is printed first, `scripts/gpu-check.sh --print-bound` shows the stage table). The dry run

@@ -137,6 +137,7 @@ def test_the_gpu_machine_package_set_refuses_other_packages():
     """ruff (a dev tool, installed wherever the tests run) and tabulate (when installed) are not
     on the GPU machine; what is there, the standard library and the project import."""
     code = textwrap.dedent("""
+        import platform  # first: on Python 3.12 it looks for `_wmi` half initialised (a lazy blocker broke there)
         import importlib.util, json, sys
         import numpy, pandas, scipy, tqdm, filelock, psutil, cnn.data
         import bench.markdown

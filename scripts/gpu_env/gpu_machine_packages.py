@@ -109,8 +109,6 @@ class GpuMachineImports(importlib.abc.MetaPathFinder):
         """The distributions that provide `fullname`, when none of them is allowed; else []."""
         if "." in fullname or self._busy or fullname in sys.stdlib_module_names:
             return []  # submodules follow their top-level package
-        if self._providers is None:
-            self._load()
         providers = self._providers.get(fullname, [])
         return [] if any(_norm(d) in self._allowed for d in providers) else sorted(set(providers))
 
@@ -129,7 +127,12 @@ def install() -> GpuMachineImports:
     """Put the blocker in the path finder's place on sys.meta_path."""
     for i, finder in enumerate(sys.meta_path):
         if finder is importlib.machinery.PathFinder:
-            sys.meta_path[i] = GpuMachineImports(finder)
-            return sys.meta_path[i]
+            blocker = GpuMachineImports(finder)
+            # Read the metadata now, before any import of the program's: done lazily inside an
+            # import, it ran while that module was half initialised (Python 3.12's `platform`
+            # looks for `_wmi` before it defines `machine()`, which packaging's markers call).
+            blocker._load()
+            sys.meta_path[i] = blocker
+            return blocker
     raise RuntimeError("no PathFinder on sys.meta_path: cannot emulate the GPU machine's package set")
 
