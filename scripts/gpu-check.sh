@@ -106,7 +106,8 @@ stage() {
 
 log "bound ${BOUND} s: $(printf '%s; ' "${STAGES[@]}" | tr -s ' ')+ ${SHELL_SECONDS} s shell"
 if [[ $DRY_RUN == 1 ]]; then
-    DEVICE=cpu; SWEEP=(--preset quick --devices cpu --models tutorial --data synthetic)
+    # tiny sizes: the dry run must fit the same limits on a slow shared CPU
+    DEVICE=cpu; SWEEP=(--preset quick --devices cpu --models tutorial --data synthetic --train-size 2048 --test-size 500)
     PERF=(--device cpu --batch-sizes 32 --repeats 1 --seconds 0.2 --workers 0 --data synthetic)
 else
     DEVICE=cuda; SWEEP=(--preset gpu-check --devices cuda --data auto)

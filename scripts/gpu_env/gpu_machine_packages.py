@@ -71,6 +71,27 @@ def allowed_distributions(roots=GPU_MACHINE_PACKAGES) -> set[str]:
     return seen | {PROJECT}
 
 
+def module_providers() -> dict[str, list[str]]:
+    """Top-level module name -> the installed distributions that provide it: from each
+    distribution's top_level.txt and from the files it installed (Python 3.10's
+    packages_distributions reads top_level.txt alone, which maturin-built wheels such as
+    ruff's lack, so it would let them through)."""
+    providers: dict[str, list[str]] = {}
+    for dist in importlib.metadata.distributions():
+        names = set((dist.read_text("top_level.txt") or "").split())
+        for path in dist.files or ():
+            first = path.parts[0] if path.parts else ""
+            if len(path.parts) == 1:  # a module file: name.py, name.cpython-312-x86_64-linux-gnu.so
+                if first.endswith((".py", ".so", ".pyd")):
+                    names.add(first.split(".")[0])
+            elif first not in ("..", "__pycache__") and not first.endswith((".dist-info", ".egg-info", ".data")):
+                names.add(first)
+        for name in names:
+            if name.isidentifier():
+                providers.setdefault(name, []).append(dist.metadata["Name"])
+    return providers
+
+
 def _importing() -> bool:
     """Is the import system loading a module (an import statement, import_module), rather
     than probing with importlib.util.find_spec? A probe must see a missing module as None, as
@@ -101,7 +122,7 @@ class GpuMachineImports(importlib.abc.MetaPathFinder):
         self._busy = True  # the metadata scan imports modules of its own
         try:
             self._allowed = allowed_distributions()
-            self._providers = importlib.metadata.packages_distributions()
+            self._providers = module_providers()
         finally:
             self._busy = False
 
