@@ -7,9 +7,11 @@ RAM) whole. Indexing it there and normalising on the device removes the per-samp
 work and the per-step host-to-device copy of the classic DataLoader pipeline; `classic_loader`
 keeps that pipeline for comparison.
 
-Why a CPU generator for shuffling and augmentation: a CPU run and a CUDA run of one seed
-must see identical batches in identical order, so that accuracy differences between them
-come from arithmetic alone.
+Why a counter-based hash for shuffling and augmentation (`epoch_plan`): a CPU run and a
+CUDA run of one seed must see identical batches in identical order, so that accuracy
+differences between them come from arithmetic alone; exact integer arithmetic gives that on
+every device, and the plan is made where the data lives, so no epoch boundary copies
+anything from the host (a blocking copy is a host-device sync inside a timed loop).
 """
 
 from __future__ import annotations
@@ -361,24 +363,81 @@ def get_dataset(
 # Device-resident batches
 # --------------------------------------------------------------------------------------
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+# The epoch plan (order, crop offsets, flips) is made on the device from a counter-based hash:
+# every value is a pure function of (example index, seed, epoch), computed in int64 with
+# explicit 32-bit masking, so the CPU and CUDA compute bit-identical plans, and nothing is
+# copied from the host: the salts are Python ints that travel as kernel arguments. A CPU
+# generator's plan would have to be copied to the GPU at every epoch boundary, a blocking copy
+# (a host-device sync) inside the timed loop.
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for x in [0, 2**32): split c into 16-bit halves so that no product
+    exceeds 2**49 (int64 never overflows, on any device)."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer mixer (Wellons' `lowbias32`); x holds values in [0, 2**32),
+    so every right shift acts on a non-negative value."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _salts(seed: int, epoch: int, stream: str) -> tuple[int, int]:
+    """Two 32-bit salts per (seed, epoch, stream): distinct inputs never share a plan (unlike
+    seed * k + epoch, where seed 1 epoch 0 would meet seed 0 epoch k)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
+
+
+def _hash32(index: torch.Tensor, seed: int, epoch: int, stream: str) -> torch.Tensor:
+    """A uniform-looking 32-bit value (int64 in [0, 2**32)) per example index."""
+    a, b = _salts(seed, epoch, stream)
+    return _mix32(_mix32(index ^ a) ^ b)
+
+
+def epoch_plan(
+    n: int, device: torch.device, seed: int, epoch: int, shuffle: bool, augment: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Order, crop offsets (0-8), flips for one epoch, made on `device` without a host copy.
+
+    The order sorts unique keys (hash * 2**bits + index), so ties cannot exist and any sort
+    implementation on any device returns the same permutation."""
+    index = torch.arange(n, device=device, dtype=torch.int64)
+    if shuffle:
+        bits = max(n - 1, 1).bit_length()
+        order = torch.argsort((_hash32(index, seed, epoch, "order") << bits) | index)
+    else:
+        order = index
+    if not augment:
+        return order, None, None, None
+    dy = _hash32(index, seed, epoch, "dy") % 9
+    dx = _hash32(index, seed, epoch, "dx") % 9
+    flip = (_hash32(index, seed, epoch, "flip") >> 31).bool()
+    return order, dy, dx, flip
 
 
 class DeviceBatches:
     """Normalised float batches from a uint8 dataset that lives on `device`.
 
-    Each epoch draws its order, crop offsets and flips from a CPU generator seeded by
-    (seed, epoch) and sends them to the device once; each step is then one gather (crop and
-    flip fused into the index; a plain row gather without augmentation) and one multiply-add
-    that casts uint8 to float on the fly, all on the device, with no host-device copy and no
-    sync. The data is kept in the layout the model consumes (NCHW, or NHWC for channels_last),
-    so a batch needs no layout copy: every temporary per step costs allocator work that shows
-    at large batches on a CPU.
+    Each epoch makes its order, crop offsets and flips on the device from a hash of (example
+    index, seed, epoch) (`epoch_plan`: the same integers on every device, no copy from the
+    host); each step is then one gather (crop and flip fused into the index; a plain row
+    gather without augmentation) and one multiply-add that casts uint8 to float on the fly,
+    all on the device, with no host-device copy and no sync, at epoch boundaries too. The
+    data is kept in the layout the model consumes (NCHW, or NHWC for channels_last), so a
+    batch needs no layout copy: every temporary per step costs allocator work that shows at
+    large batches on a CPU.
 
     Data-parallel sharding: `batch_size` is the global batch; with `world_size` > 1 the
     process of rank `rank` yields its contiguous 1/world_size slice of each global batch.
-    Every rank draws the same seeded plan, so the ranks' slices are disjoint and together
+    Every rank makes the same seeded plan, so the ranks' slices are disjoint and together
     are exactly the one-process batch (same examples, same crops and flips). Unlike
     DistributedSampler (which deals whole epochs out rank by rank), this keeps the global
     batch of an N-process step identical to the one-process step, which is what the
@@ -447,18 +506,15 @@ class DeviceBatches:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """The epoch's order and augmentation parameters, on the CPU (tests compare these)."""
-        g = _epoch_generator(self.seed, epoch)
-        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        if not self.augment:
-            return order, None, None, None
-        dy = torch.randint(0, 9, (self.n,), generator=g)
-        dx = torch.randint(0, 9, (self.n,), generator=g)
-        flip = torch.randint(0, 2, (self.n,), generator=g, dtype=torch.bool)
-        return order, dy, dx, flip
+        """The epoch's order and augmentation parameters, moved to the CPU (tests compare
+        these; the epoch itself never leaves the device)."""
+        return tuple(t if t is None else t.cpu() for t in self._plan(epoch))
+
+    def _plan(self, epoch: int):
+        return epoch_plan(self.n, self.device, self.seed, epoch, self.shuffle, self.augment)
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order, dy, dx, flip = (t if t is None else t.to(self.device) for t in self.plan(epoch))
+        order, dy, dx, flip = self._plan(epoch)
         ar = self.ar
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]

@@ -159,12 +159,28 @@ class Trainer:
         return loss.detach()
 
 
-def _sgd(model: nn.Module, device: torch.device, lr: float, momentum: float, wd: float) -> torch.optim.SGD:
-    # On CUDA the fused kernel updates every parameter in one launch and takes the
-    # GradScaler's inf check on the device; the unfused path reads it with .item(), a
-    # host-device sync per fp16 step.
-    fused = True if device.type == "cuda" else None
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd, fused=fused)
+def _sgd(
+    model: nn.Module, device: torch.device, lr: float, momentum: float, wd: float, fused: bool | None = None
+) -> torch.optim.SGD:
+    """SGD with every momentum buffer already in its state, zero.
+
+    On CUDA the fused kernel updates every parameter in one launch and takes the
+    GradScaler's inf check on the device; the unfused path reads it with .item(), a
+    host-device sync per fp16 step. `fused` defaults to that choice (True on CUDA).
+
+    Why zero buffers: on its first step the fused kernel allocates the buffers with
+    `empty_like` and, when the scaler found an inf (a first fp16 step that overflows, which
+    the scaler's initial scale of 2**16 can cause), returns before writing them; the next step
+    then read uninitialised memory. With dampening 0, a zero buffer gives exactly SGD's first step
+    (buf = 0.9 * 0 + grad = grad) on every path, fused or not."""
+    fused = device.type == "cuda" if fused is None else fused
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd,
+                                fused=fused or None)
+    if momentum:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return optimizer
 
 
 def make_trainer(

@@ -7,6 +7,9 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import cnn.data as D
 from cnn.data import (
@@ -269,3 +272,129 @@ def test_cpu_and_cuda_see_identical_batches(small_data):
     for (xc, yc), (xg, yg) in zip(cpu.epoch(0), gpu.epoch(0)):
         assert torch.equal(yc, yg.cpu())
         assert torch.allclose(xc, xg.cpu(), atol=1e-6)
+
+
+# ---- the epoch plan is made on the device: no host-to-device copy in a timed loop --------------
+
+class HostToDeviceCopies(TorchDispatchMode):
+    """Records every operator that moves data from the CPU to another device. At the dispatch
+    level a copy shows as `_to_copy`, `copy_` or `_copy_from` with a CPU source and a non-CPU
+    result; any other operator that takes a CPU tensor with elements and returns a tensor
+    elsewhere is recorded too (0-dim CPU tensors are scalars passed as kernel arguments)."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in (torch.ops.aten.copy_.default, torch.ops.aten._copy_from.default):
+            sources = [args[1]]  # copy_(self=destination, src)
+        else:
+            sources = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor) and a.dim() > 0]
+        results = pytree.tree_leaves(args[0] if func is torch.ops.aten.copy_.default else out)
+        if any(s.device.type == "cpu" for s in sources) and any(
+                isinstance(r, torch.Tensor) and r.device.type != "cpu" for r in results):
+            self.copies.append(str(func))
+        return out
+
+
+class HostDataOnDevice(TorchFunctionMode):
+    """`torch.tensor(..., device=d)` and friends copy host data without passing an operator
+    the dispatch mode sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.tensor, torch.as_tensor) and torch.device(kwargs.get("device") or "cpu").type != "cpu":
+            self.calls.append(func.__name__)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kw", [dict(augment=True), dict(augment=False), dict(augment=True, channels_last=True),
+                                dict(augment=True, rank=1, world_size=2), dict(shuffle=False, drop_last=False)])
+def test_an_epoch_on_the_device_copies_nothing_from_the_host(small_data, kw):
+    """Traced on the `meta` device (a device that is not the CPU, with no data): one whole
+    epoch and the step into the next, as a timed loop walks them. A CPU-made plan sent with
+    `.to(device)` was a blocking copy, a host-device sync, at every epoch boundary on CUDA."""
+    d = small_data
+    batches = DeviceBatches(d.train_x[:100], d.train_y[:100], 16, "meta", seed=3, **kw)
+    with HostToDeviceCopies() as copies, HostDataOnDevice() as host_data:
+        steps = sum(1 for _ in batches.epoch(0))
+        assert steps == len(batches)
+        x, y = next(batches.epoch(1))
+    assert x.device.type == "meta" and x.shape == (8 if kw.get("world_size") else 16, 3, 32, 32)
+    assert copies.copies == [] and host_data.calls == []
+
+
+def test_the_copy_detectors_see_host_to_device_copies():
+    on_meta = torch.arange(4, device="meta")
+    with HostToDeviceCopies() as copies, HostDataOnDevice() as host_data:
+        torch.zeros(3).to("meta")
+        torch.empty(3, device="meta").copy_(torch.ones(3))
+        torch.tensor([1.0], device="meta")
+        (on_meta ^ 7) * 3  # Python scalars are kernel arguments, not copies
+    assert copies.copies == ["aten._to_copy.default", "aten.copy_.default"] and host_data.calls == ["tensor"]
+
+
+def reference_hash32(i: int, seed: int, epoch: int, stream: str) -> int:
+    """The plan's hash in plain Python integers, written from the published lowbias32."""
+    a, b = D._salts(seed, epoch, stream)
+
+    def mix(x):
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    return mix(mix(i ^ a) ^ b)
+
+
+def test_the_plan_is_the_reference_hash_on_any_device():
+    """Any device computes exactly these integers (int64 arithmetic, no overflow, unique sort
+    keys), which is why a CPU run and a CUDA run see identical batches."""
+    n, seed, epoch = 1000, 7, 3
+    batches = DeviceBatches(torch.zeros(n, 3, 32, 32, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64), 10,
+                            augment=True, seed=seed)
+    order, dy, dx, flip = batches.plan(epoch)
+    keys = [reference_hash32(i, seed, epoch, "order") for i in range(n)]
+    assert order.tolist() == sorted(range(n), key=lambda i: (keys[i], i))
+    assert dy.tolist() == [reference_hash32(i, seed, epoch, "dy") % 9 for i in range(n)]
+    assert dx.tolist() == [reference_hash32(i, seed, epoch, "dx") % 9 for i in range(n)]
+    assert flip.tolist() == [reference_hash32(i, seed, epoch, "flip") >= 2**31 for i in range(n)]
+    assert max(keys) >= 2**31  # the test reaches the top bit, where a signed 32-bit version would go wrong
+
+
+def test_the_plan_is_a_random_looking_permutation():
+    n = 4096
+    x, y = torch.zeros(n, 3, 32, 32, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64)
+    plans = {(seed, epoch): DeviceBatches(x, y, 32, augment=True, seed=seed).plan(epoch)
+             for seed in (0, 1) for epoch in (0, 1, 2)}
+    positions = torch.arange(n, dtype=torch.float64)
+    orders = {key: plan[0] for key, plan in plans.items()}
+    for key, order in orders.items():
+        assert torch.equal(order.sort().values, torch.arange(n)), key  # a permutation
+        # Uncorrelated with the index: |r| ~ N(0, 1/sqrt(n)) = 0.016 for a random permutation.
+        assert abs(torch.corrcoef(torch.stack([positions, order.double()]))[0, 1]) < 0.07, key
+        assert (order == torch.arange(n)).sum() < 10  # fixed points: about 1 expected
+    keys = list(orders)
+    for i, a in enumerate(keys):  # every seed and epoch its own order, unrelated to the others
+        for b in keys[i + 1:]:
+            assert abs(torch.corrcoef(torch.stack([orders[a].double(), orders[b].double()]))[0, 1]) < 0.07, (a, b)
+    _, dy, dx, flip = plans[(0, 0)]
+    for offsets in (dy, dx):  # uniform over 0..8: chi-square with 8 degrees of freedom, p = 0.001 at 26.1
+        counts = torch.bincount(offsets, minlength=9).double()
+        assert ((counts - n / 9) ** 2 / (n / 9)).sum() < 26.1 and len(counts) == 9
+    assert abs(flip.double().mean() - 0.5) < 0.05
+    assert not torch.equal(dy, plans[(0, 1)][1]) and not torch.equal(dy, dx)
+
+
+def test_evaluation_order_is_the_dataset_order(small_data):
+    batches = DeviceBatches(small_data.test_x[:50], small_data.test_y[:50], 16, shuffle=False, drop_last=False)
+    assert torch.equal(batches.plan(4)[0], torch.arange(50))
+    assert torch.equal(torch.cat([y for _, y in batches.epoch(4)]), small_data.test_y[:50])

@@ -1,9 +1,12 @@
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cnn.data import DeviceBatches, synthetic_cifar10
 from cnn.models import build_model
-from cnn.train import Diverged, Unsupported, evaluate, make_trainer, train_epoch, unsupported_reason
+from cnn.train import Diverged, Unsupported, _sgd, evaluate, make_trainer, train_epoch, unsupported_reason
 
 
 def batches(data, bs=32, n=512, **kw):
@@ -66,7 +69,7 @@ def test_reset_returns_to_the_seeds_initial_weights(small_data):
     fresh = build_model("resnet18", seed=2).state_dict()
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(v, fresh[k]), k
-    assert not trainer.optimizer.state  # momentum buffers cleared
+    assert_zero_momentum_buffers(trainer)  # momentum cleared
 
 
 def test_channels_last_trains_to_the_same_loss(small_data):
@@ -104,3 +107,75 @@ def test_cuda_hot_loop_never_synchronises(small_data, precision):
             trainer.step(x, y)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ---- SGD momentum buffers and the fused kernel's first step -----------------------------------
+
+def assert_zero_momentum_buffers(trainer):
+    params = list(trainer.model.parameters())
+    assert set(trainer.optimizer.state) == set(params)
+    for p in params:
+        buf = trainer.optimizer.state[p]["momentum_buffer"]
+        assert buf.shape == p.shape and buf.dtype == p.dtype and buf.device == p.device
+        assert not buf.any() and buf.data_ptr() != p.data_ptr()
+
+
+def test_momentum_buffers_start_at_zero_after_make_trainer_and_reset(small_data):
+    """A zero buffer makes the first step buf = 0.9 * 0 + grad = grad, SGD's own first step,
+    and the fused kernel never takes its first-step path (uninitialised `empty_like` buffers)."""
+    trainer = make_trainer("tutorial", "cpu", "fp32", batch_size=32, seed=0)
+    assert_zero_momentum_buffers(trainer)
+    train_epoch(trainer, batches(small_data, n=64).epoch(0))
+    assert any(s["momentum_buffer"].any() for s in trainer.optimizer.state.values())
+    trainer.reset(0)
+    assert_zero_momentum_buffers(trainer)
+
+
+def test_zero_buffers_step_exactly_as_sgd_from_empty_state(small_data):
+    trainer = make_trainer("tutorial", "cpu", "fp32", batch_size=32, seed=0)
+    reference = build_model("tutorial", seed=0)
+    plain = torch.optim.SGD(reference.parameters(), lr=trainer.lr, momentum=0.9, foreach=False)
+    for x, y in batches(small_data, n=96).epoch(0):
+        trainer.step(x, y)
+        F.cross_entropy(reference(x), y).backward()
+        plain.step()
+        plain.zero_grad()
+    for p, q in zip(trainer.model.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+
+
+def fused_cpu_sgd(model):
+    try:
+        return _sgd(model, torch.device("cpu"), 0.05, 0.9, 0.0, fused=True)
+    except RuntimeError as e:  # older torch: the fused kernel is CUDA-only
+        pytest.skip(f"fused SGD does not run on the CPU in torch {torch.__version__}: {e}")
+
+
+def test_an_overflowing_first_fp16_step_leaves_no_garbage_momentum(small_data, monkeypatch):
+    """GradScaler + fused SGD: the first step overflows and is skipped. The fused kernel used to
+    make its first-step buffers with `empty_like` and return before writing them on found_inf,
+    so step 2 read uninitialised memory. `empty_like` is made to return NaNs here, which
+    uninitialised memory may hold; the CPU runs the same fused kernel and scaler contract."""
+    monkeypatch.setattr(torch, "empty_like", lambda t, **kw: torch.full_like(t, float("nan"), **kw))
+    (x1, y1), (x2, y2) = list(batches(small_data, n=64).epoch(0))
+    model = build_model("tutorial", seed=0)
+    reference = copy.deepcopy(model)
+    optimizer = fused_cpu_sgd(model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    for step, (x, y) in enumerate(((x1, y1), (x2, y2))):
+        scaler.scale(F.cross_entropy(model(x), y)).backward()
+        if step == 0:
+            model.conv1.weight.grad[0, 0, 0, 0] = float("inf")  # an fp16 overflow
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if step == 0:  # skipped: weights untouched, the scale halved
+            assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+            assert scaler.get_scale() == 2.0**15
+    # The reference never saw the overflowing step: one plain SGD step on batch 2.
+    plain = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, foreach=False)
+    F.cross_entropy(reference(x2), y2).backward()
+    plain.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.isfinite(p).all(), name
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
