@@ -433,7 +433,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench import distributed
     from bench.config import RunConfig, SweepRequest, build_sweep
     from bench.results import to_frame
-    from bench.runner import RunFolderError, Runner, check_run_folder
+    from bench.runfolder import RunFolderError, check_run_folder
+    from bench.runner import Runner
     from cnn.data import DataError
 
     topo = distributed.topology_from_env()
@@ -539,7 +540,8 @@ def _run_worker(args: argparse.Namespace, topo, configs: list, out: Path) -> int
     unless they fail."""
     from bench.distributed import Distributed, RankFailed
     from bench.results import to_frame
-    from bench.runner import RunFolderError, Runner
+    from bench.runfolder import RunFolderError
+    from bench.runner import Runner
     from cnn.data import DataError
 
     cuda = any(d.startswith("cuda") for d in args.devices)

@@ -11,6 +11,7 @@ evaluates and saves predictions; the others wait at barriers.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -229,3 +230,41 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
                                       (lambda x: x) if dist is None else dist.max))
     row["flags"] = "; ".join(flags(row)) or None
     return row, step
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[int]:
+    """Use `n` torch CPU threads inside the block (restored after); yields the count."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(device: torch.device, on: bool) -> Iterator[None]:
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def drift_reference(device: torch.device, seconds: float, clock: timing.Clock = timing.now) -> float:
+    """Images per second of a fixed short measurement (the tutorial Net's compute-only step,
+    fp32, batch 64, fixed seed), timed at a sweep's start and end to see the machine move."""
+    trainer = make_trainer("tutorial", device, "fp32", batch_size=64, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    batch = iter([(torch.randn(64, 3, 32, 32, generator=gen).to(device),
+                   torch.randint(0, 10, (64,), generator=gen).to(device))])
+    loop = measure.ceiling_loop(trainer, batch)
+    policy = protocol.Policy(min_steps=20, max_seconds=seconds, target_ci=0.02, warmup_seconds=0.5, clock=clock)
+    warm = protocol.warm_up(loop, device, policy)
+    return protocol.measure({"ref": loop}, warm.steady, device, policy).measurement("ref", 64, "").items_per_second

@@ -147,3 +147,12 @@ class ResourceMonitor:
             peak = max(self._peak_rss, self.proc.memory_info().rss)
         self.peak_memory_total_mb = peak / MB
         self.peak_memory_mb = max(0, peak - self._start) / MB
+
+
+def is_oom(e: BaseException) -> bool:
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
+    if isinstance(e, MemoryError) or (oom_types and isinstance(e, oom_types)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

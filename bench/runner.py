@@ -18,60 +18,30 @@ rank; any other error on a rank stops the job after rank 0 recorded the configur
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from bench import measure, protocol, system, timing
+from bench import measure, protocol, resources, system, timing
 from bench.config import RunConfig, is_reference
 from bench.distributed import Distributed, RankFailed
-from bench.resources import ResourceMonitor, release_memory
+from bench.measure import cpu_threads, cudnn_benchmark  # noqa: F401 (re-exported)
+from bench.resources import (
+    ResourceMonitor,
+    is_oom,  # noqa: F401 (re-exported)
+    release_memory,
+)
 from bench.results import COLUMNS
-from bench.runfolder import RunFolder, RunFolderError, check_run_folder  # noqa: F401 (re-exported)
+from bench.runfolder import RunFolder, RunFolderError
 from cnn.data import Cifar10Arrays, DataError, get_dataset
-from cnn.train import Diverged, Unsupported, make_trainer, unsupported_reason
+from cnn.train import Diverged, Unsupported, unsupported_reason
 
 DRIFT_WARN = 0.10  # the report warns when the reference moved more than this between start and end
-
-
-def is_oom(e: BaseException) -> bool:
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
-    if isinstance(e, MemoryError) or (oom_types and isinstance(e, oom_types)):
-        return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[int]:
-    """Use `n` torch CPU threads inside the block (restored after); yields the count."""
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def cudnn_benchmark(device: torch.device, on: bool) -> Iterator[None]:
-    if device.type != "cuda":
-        yield
-        return
-    old = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = old
 
 
 def refusal(cfg: RunConfig, dist: Distributed | None) -> str | None:
@@ -91,19 +61,6 @@ def refusal(cfg: RunConfig, dist: Distributed | None) -> str | None:
             return (f"global batch size {cfg.batch_size} does not divide among {dist.world_size} processes "
                     "(each process steps on batch_size / world_size images)")
     return None
-
-
-def drift_reference(device: torch.device, seconds: float, clock: timing.Clock = timing.now) -> float:
-    """Images per second of a fixed short measurement (the tutorial Net's compute-only step,
-    fp32, batch 64, fixed seed), timed at a sweep's start and end to see the machine move."""
-    trainer = make_trainer("tutorial", device, "fp32", batch_size=64, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    batch = iter([(torch.randn(64, 3, 32, 32, generator=gen).to(device),
-                   torch.randint(0, 10, (64,), generator=gen).to(device))])
-    loop = measure.ceiling_loop(trainer, batch)
-    policy = protocol.Policy(min_steps=20, max_seconds=seconds, target_ci=0.02, warmup_seconds=0.5, clock=clock)
-    warm = protocol.warm_up(loop, device, policy)
-    return protocol.measure({"ref": loop}, warm.steady, device, policy).measurement("ref", 64, "").items_per_second
 
 
 class Runner:
@@ -210,7 +167,7 @@ class Runner:
             d = self._drift.setdefault(device, {"device": device, "reference": "tutorial fp32 bs 64 ceiling"})
             seconds = self.drift_seconds or (1.0 if torch.device(device).type == "cpu" else 0.3)
             try:
-                d[f"{when}_images_per_s"] = drift_reference(torch.device(device), seconds)
+                d[f"{when}_images_per_s"] = measure.drift_reference(torch.device(device), seconds)
             except Exception as e:  # a check of the machine, not a result: said, and the sweep goes on
                 d[f"{when}_error"] = f"{type(e).__name__}: {e}"
             if "before_images_per_s" in d and "after_images_per_s" in d:
@@ -297,7 +254,7 @@ class Runner:
         return None
 
     def run_one(self, cfg: RunConfig, phase: Callable[[str], None] = lambda p: None) -> dict:
-        with cpu_threads(cfg.threads) as threads:
+        with measure.cpu_threads(cfg.threads) as threads:
             row = self.base_row(cfg, threads)
             reason = refusal(cfg, self.dist) or self.over_budget(cfg)
             if reason is not None:
@@ -311,7 +268,7 @@ class Runner:
                 inputs = self._inputs.get(self.dataset(), cfg, device, *((0, 1) if self.dist is None else
                                                                         (self.dist.rank, self.dist.world_size)))
                 row["dataset_mb"] = inputs.dataset_bytes / 2**20
-                with monitor, cudnn_benchmark(device, cfg.cudnn_benchmark):
+                with monitor, measure.cudnn_benchmark(device, cfg.cudnn_benchmark):
                     metrics, step = measure.measure(
                         cfg, device, inputs, phase,
                         lambda: self.peak(cfg.device, cfg.precision)["tflops"] * peak_scale,
@@ -326,7 +283,7 @@ class Runner:
                 raise
             except Exception as e:  # recorded, never swallowed: the row and errors.log say what
                 rank_error = self.dist is not None
-                if is_oom(e):
+                if resources.is_oom(e):
                     row.update(status="oom", reason=f"out of memory: {str(e).splitlines()[0][:200]}")
                 else:
                     row.update(status="failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"

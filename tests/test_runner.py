@@ -5,7 +5,8 @@ import pytest
 
 import cnn.train
 from bench.results import COLUMNS, read_jsonl
-from bench.runner import RunFolderError, Runner
+from bench.runfolder import RunFolderError
+from bench.runner import Runner
 from helpers import inject_oom, tiny
 
 

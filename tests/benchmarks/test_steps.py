@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from bench import protocol, system, timing
-from bench.runner import cudnn_benchmark
+from bench.measure import cudnn_benchmark
 from cnn.data import DeviceBatches
 from cnn.train import evaluate, make_trainer, matmul_precision, unsupported_reason
 
