@@ -33,7 +33,7 @@ SATURATION = 0.9  # "saturated": within 10% of the best FLOP/s the device reache
 
 def map_frame(df: pd.DataFrame, tp: pd.DataFrame) -> pd.DataFrame:
     """Best throughput per (device_key, model, batch size) with its FLOPs per image (as
-    stored in the rows), achieved TFLOP/s and MFU. `tp` is bench.report.throughput(df)."""
+    stored in the rows), achieved TFLOP/s and MFU. `tp` is bench.frames.throughput(df)."""
     if tp.empty or "flops_per_image" not in df:
         return pd.DataFrame()
     flops = df[df["status"] == "ok"].groupby("model")["flops_per_image"].median().dropna()

@@ -1,4 +1,6 @@
-"""report.md and its figures, built from stored results only (nothing is re-run).
+"""report.md, built from stored results only (nothing is re-run): the summary in words, the
+headline table, tables, methodology and warnings; figures: bench/figures.py, frames:
+bench/frames.py.
 
 Several run folders can be merged (a CPU run from a laptop with a GPU run from a server).
 Figures are PNGs beside report.md, linked relatively. Colour identifies a device (one per
@@ -15,152 +17,31 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench import breakeven, cost  # noqa: E402
 from bench.equivalence import equivalence_table, explanation, verdict_table  # noqa: E402
+from bench.figures import _lines_vs_batch, fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup  # noqa: E402
+from bench.frames import (  # noqa: E402
+    amp_gain,
+    device_colours,
+    fmt_ips,
+    load_runs,
+    models_in,
+    speedups,
+    throughput,
+)
 from bench.markdown import to_markdown  # noqa: E402
 from bench.measure import CEILING_FLAG  # noqa: E402
-from bench.results import load_run, markdown_table  # noqa: E402
+from bench.results import markdown_table  # noqa: E402
 from bench.runner import DRIFT_WARN  # noqa: E402
 from bench.time_to_accuracy import headline as tta_headline  # noqa: E402
 from bench.time_to_accuracy import headline_cell, target_lines, tta_markdown, tta_table  # noqa: E402
 from bench.timing import NOISY_IQR_RATIO  # noqa: E402
-from cnn.models import FAMILY  # noqa: E402
-
-PRECISION_STYLE = {"fp32": "-", "tf32": "-.", "fp16": "--", "bf16": ":"}
-PRECISION_MARKER = {"fp32": "o", "tf32": "D", "fp16": "s", "bf16": "^"}
-CPU_COLOURS = ["#1f77b4", "#17becf", "#9467bd", "#8c564b"]
-GPU_COLOURS = ["#d62728", "#ff7f0e", "#2ca02c", "#e377c2"]
-EPOCH_IMAGES = 50_000  # a CIFAR-10 training epoch
-MODEL_ORDER = ("tutorial", "tutorial-wide", "resnet18", *FAMILY)
-
-
-# --------------------------------------------------------------------------------------
-# Loading and shaping
-# --------------------------------------------------------------------------------------
-
-def load_runs(run_dirs: Sequence[Path | str], warn=None) -> tuple[pd.DataFrame, list[dict], list[dict]]:
-    """(results frame with raw-row extras, raw rows, system facts per folder)."""
-    frames, rows, systems = [], [], []
-    for i, folder in enumerate(run_dirs):
-        frame, raw, system = load_run(folder, warn)
-        frame["run_index"] = i
-        frame["accuracy_curve"] = [r.get("accuracy_curve") for r in raw]
-        frame["epochs_to_target"] = [r.get("epochs_to_target") for r in raw]
-        frames.append(frame)
-        rows.extend(raw)
-        systems.append({**system, "run_dir": str(folder)})
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if not df.empty:
-        df["world_size"] = df["world_size"].fillna(1).astype(int)  # older runs: one process
-        df["device_kind"] = df["device"].astype(str).str.split(":").str[0]
-        names = df["device_name"].fillna("").astype(str)
-        df["device_key"] = df["device_kind"] + " · " + names.where(names != "", "unknown")
-        if df["host"].nunique() > 1:
-            df["device_key"] = df["device_key"] + " (" + df["host"].astype(str) + ")"
-    return df, rows, systems
-
-
-def device_colours(df: pd.DataFrame) -> dict[str, str]:
-    colours = {}
-    cpus = sorted(df.loc[df["device_kind"] == "cpu", "device_key"].unique())
-    gpus = sorted(df.loc[df["device_kind"] != "cpu", "device_key"].unique())
-    for keys, palette in ((cpus, CPU_COLOURS), (gpus, GPU_COLOURS)):
-        for i, k in enumerate(keys):
-            colours[k] = palette[i % len(palette)]
-    return colours
-
-
-def throughput(df: pd.DataFrame) -> pd.DataFrame:
-    """Median over seeds of each ok one-process configuration's metrics, device input path
-    (data-parallel runs have their own section: bench.scaling)."""
-    ok = df[(df["status"] == "ok") & (df["data_path"] == "device") & (df["world_size"] == 1)].copy()
-    if ok.empty:
-        return ok
-    # A flagged value is a measurement problem: listed in the warnings, never drawn or a headline.
-    ok["mfu"] = ok["mfu"].where(ok["mfu"] <= 1)
-    ok["fraction_of_ceiling"] = ok["fraction_of_ceiling"].where(ok["fraction_of_ceiling"] <= CEILING_FLAG)
-    keys = ["device_key", "device_kind", "model", "precision", "batch_size", "channels_last", "compile", "threads"]
-    agg = ok.groupby(keys, dropna=False).agg(
-        images_per_s=("train_images_per_s", "median"),
-        step_ms=("step_ms_median", "median"),
-        iqr_ratio=("step_ms_iqr", "median"),
-        mfu=("mfu", "median"),
-        peak_memory_mb=("peak_memory_mb", "max"),
-        eval_images_per_s=("eval_images_per_s", "median"),
-        fraction_of_ceiling=("fraction_of_ceiling", "median"),
-    ).reset_index()
-    agg["iqr_ratio"] = agg["iqr_ratio"] / agg["step_ms"]
-    # A line per device, precision and variant; thread counts only named where a device
-    # was measured with several (e.g. a 1-thread baseline beside the default).
-    several = agg.groupby("device_key")["threads"].transform("nunique") > 1
-    agg["variant"] = [_variant(cl, comp, int(t) if multi and t == t else None)
-                      for cl, comp, t, multi in zip(agg["channels_last"], agg["compile"], agg["threads"], several)]
-    # Where the layout was chosen per batch size (the default policy) and never measured
-    # both ways at one batch size, draw one line and say where channels_last starts.
-    line = ["device_key", "model", "precision", "compile", "threads"]
-    for _, g in agg.groupby(line, dropna=False):
-        if g["channels_last"].nunique() == 2 and not g.groupby("batch_size")["channels_last"].nunique().gt(1).any():
-            first_cl = int(g.loc[g["channels_last"].astype(bool), "batch_size"].min())
-            label = _variant(False, g["compile"].iloc[0], None)
-            label = f" (cl from bs {first_cl}" + (", " + label.strip(" ()") if label else "") + ")"
-            agg.loc[g.index, "variant"] = label
-    return agg
-
-
-def best_per_batch(tp: pd.DataFrame, kind: str, model: str) -> pd.DataFrame:
-    """For one device kind and model: the fastest precision/variant at each batch size."""
-    sub = tp[(tp["device_kind"] == kind) & (tp["model"] == model)]
-    if sub.empty:
-        return sub
-    return sub.loc[sub.groupby(["device_key", "batch_size"])["images_per_s"].idxmax()]
-
-
-def models_in(df: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(df["model"].dropna()))
-    return sorted(present, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else 99, m))
-
 
 # --------------------------------------------------------------------------------------
 # Conclusions in plain words
 # --------------------------------------------------------------------------------------
-
-def speedups(tp: pd.DataFrame, model: str) -> dict | None:
-    """GPU vs CPU for one model: best of each, and the break-even batch size."""
-    cpu = best_per_batch(tp, "cpu", model)
-    gpu = best_per_batch(tp, "cuda", model)
-    if cpu.empty or gpu.empty:
-        return None
-    cpu_best = cpu.loc[cpu["images_per_s"].idxmax()]
-    gpu_best = gpu.loc[gpu["images_per_s"].idxmax()]
-    cpu_by_bs = cpu.groupby("batch_size")["images_per_s"].max()
-    gpu_by_bs = gpu.groupby("batch_size")["images_per_s"].max()
-    common = sorted(set(cpu_by_bs.index) & set(gpu_by_bs.index))
-    ratio = {bs: gpu_by_bs[bs] / cpu_by_bs[bs] for bs in common}
-    wins_from = None
-    for i, bs in enumerate(common):  # smallest batch size from which the GPU stays ahead
-        if all(ratio[b] > 1 for b in common[i:]):
-            wins_from = bs
-            break
-    return {"cpu_best": cpu_best, "gpu_best": gpu_best, "speedup": gpu_best["images_per_s"] / cpu_best["images_per_s"],
-            "ratio_by_bs": ratio, "wins_from": wins_from, "common": common}
-
-
-def amp_gain(tp: pd.DataFrame, kind: str, model: str) -> str | None:
-    sub = tp[(tp["device_kind"] == kind) & (tp["model"] == model) & (~tp["compile"].astype(bool))]
-    if sub.empty or "fp32" not in set(sub["precision"]):
-        return None
-    best = sub.groupby("precision")["images_per_s"].max()
-    parts = [f"{p} {best[p] / best['fp32']:.2f}x" for p in ("tf32", "fp16", "bf16") if p in best]
-    return ", ".join(parts) if parts else None
-
-
-def fmt_ips(x: float) -> str:
-    return f"{x:,.0f} img/s" if x >= 10 else f"{x:.1f} img/s"
-
 
 def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> list[str]:
     lines = []
@@ -234,196 +115,6 @@ def headline(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> pd.DataFra
             row["accuracy"] = ", ".join(f"{n} {k}" for k, n in v.items())
         rows.append(row)
     return pd.DataFrame(rows).fillna("")
-
-
-# --------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------
-
-def _panels(n: int, width: float = 5.0, height: float = 4.0):
-    # at least 9 inches wide, so a figure title fits over a single panel
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(max(width * max(n, 1), 9.0), height), squeeze=False)
-    return fig, axes[0]
-
-
-def _variant(channels_last, compile, threads: int | None) -> str:
-    extra = []
-    if bool(channels_last):
-        extra.append("cl")
-    if bool(compile):
-        extra.append("compiled")
-    if threads is not None:
-        extra.append(f"{threads} thread{'s' if threads != 1 else ''}")
-    return f" ({', '.join(extra)})" if extra else ""
-
-
-def _plain(x: float, _pos=None) -> str:
-    if x >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:g}"
-
-
-def _batch_axis(ax, batch_sizes) -> None:
-    """Log2 x axis labelled with the batch sizes themselves, plain numbers on a log y."""
-    sizes = sorted({int(b) for b in batch_sizes})
-    ax.set_xscale("log", base=2)
-    if sizes:
-        ax.set_xticks(sizes)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_plain))
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.tick_params(axis="x", labelsize=7)
-    if ax.get_yscale() == "log":
-        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_plain))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-
-
-def _save(fig, out: Path, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
-
-
-def _lines_vs_batch(tp: pd.DataFrame, colours: dict, value: str, ylabel: str, title: str, out: Path,
-                    name: str, logy: bool = True, models: list[str] | None = None) -> str | None:
-    models = models or models_in(tp)
-    if tp.empty or tp[value].dropna().empty:
-        return None
-    fig, axes = _panels(len(models))
-    for ax, model in zip(axes, models):
-        sub = tp[tp["model"] == model]
-        for (dkey, prec, variant), g in sub.groupby(["device_key", "precision", "variant"]):
-            g = g.sort_values("batch_size").dropna(subset=[value])
-            if g.empty:
-                continue
-            ax.plot(g["batch_size"], g[value], PRECISION_STYLE.get(prec, "-"), marker=PRECISION_MARKER.get(prec, "o"),
-                    color=colours.get(dkey, "k"), label=f"{dkey} {prec}{variant}", markersize=4)
-        if logy:
-            ax.set_yscale("log")
-        _batch_axis(ax, sub["batch_size"])
-        ax.set_xlabel("batch size (images per step)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{model}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    return _save(fig, out, name)
-
-
-def fig_speedup(tp: pd.DataFrame, colours: dict, out: Path) -> str | None:
-    models = [m for m in models_in(tp) if speedups(tp, m) is not None]
-    if not models:
-        return None
-    fig, axes = _panels(len(models))
-    for ax, model in zip(axes, models):
-        cpu = best_per_batch(tp, "cpu", model).groupby("batch_size")["images_per_s"].max()
-        gpu = tp[(tp["device_kind"] == "cuda") & (tp["model"] == model)]
-        for (dkey, prec, variant), g in gpu.groupby(["device_key", "precision", "variant"]):
-            g = g[g["batch_size"].isin(cpu.index)].sort_values("batch_size")
-            if g.empty:
-                continue
-            ratio = g["images_per_s"].to_numpy() / cpu.loc[g["batch_size"]].to_numpy()
-            ax.plot(g["batch_size"], ratio, PRECISION_STYLE.get(prec, "-"), marker=PRECISION_MARKER.get(prec, "o"),
-                    color=colours.get(dkey, "k"), label=f"{dkey} {prec}{variant}", markersize=4)
-        ax.axhline(1.0, color="black", linewidth=1.2, label="break-even (1x)")
-        ax.set_yscale("log")
-        _batch_axis(ax, gpu["batch_size"])
-        ax.set_xlabel("batch size (images per step)")
-        ax.set_ylabel("speedup over the CPU's best precision (x)")
-        ax.set_title(model)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("GPU/CPU training speedup at equal batch size (above the line the GPU wins)")
-    return _save(fig, out, "speedup.png")
-
-
-def fig_epoch_time(df: pd.DataFrame, tp: pd.DataFrame, colours: dict, out: Path) -> str | None:
-    if tp.empty:
-        return None
-    tp = tp.assign(projected=EPOCH_IMAGES / tp["images_per_s"])
-    measured = df[(df["status"] == "ok") & (df["epochs"].fillna(0) > 0) & df["epoch_seconds"].notna()
-                  & (df["data_path"] == "device") & (df["world_size"] == 1)]
-    models = models_in(tp)
-    fig, axes = _panels(len(models))
-    for ax, model in zip(axes, models):
-        sub = tp[tp["model"] == model]
-        for (dkey, prec, variant), g in sub.groupby(["device_key", "precision", "variant"]):
-            g = g.sort_values("batch_size")
-            ax.plot(g["batch_size"], g["projected"], PRECISION_STYLE.get(prec, "-"), color=colours.get(dkey, "k"),
-                    marker=PRECISION_MARKER.get(prec, "o"), markersize=4,
-                    label=f"{dkey} {prec}{variant}: steady state x 50k")
-        m = measured[measured["model"] == model]
-        for (dkey, prec, bs), g in m.groupby(["device_key", "precision", "batch_size"]):
-            scale = EPOCH_IMAGES / g["train_size"].iloc[0]
-            ax.scatter([bs], [g["epoch_seconds"].median() * scale], marker="x", s=60, color=colours.get(dkey, "k"),
-                       label=f"{dkey} {prec} bs {bs}: measured end to end" + (" (scaled to 50k)" if scale != 1 else ""),
-                       zorder=5)
-        ax.set_yscale("log")
-        _batch_axis(ax, sub["batch_size"])
-        ax.set_xlabel("batch size (images per step)")
-        ax.set_ylabel("seconds per 50,000-image epoch")
-        ax.set_title(model)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.suptitle("Epoch time: lines from steady-state step time, crosses measured end to end (data included)")
-    return _save(fig, out, "epoch_time.png")
-
-
-def fig_accuracy(df: pd.DataFrame, colours: dict, out: Path) -> str | None:
-    acc = df[(df["status"] == "ok") & (df["epochs"].fillna(0) > 0) & df["accuracy_curve"].notna()]
-    if acc.empty:
-        return None
-    groups = list(acc.groupby(["model", "batch_size"]))
-    fig, axes = _panels(len(groups))
-    for ax, ((model, bs), g) in zip(axes, groups):
-        for (dkey, prec, world), s in g.groupby(["device_key", "precision", "world_size"]):
-            curves = [c for c in s["accuracy_curve"] if c]
-            n = min(len(c) for c in curves)
-            arr = 100 * np.array([c[:n] for c in curves])
-            epochs = np.arange(1, n + 1)
-            colour = colours.get(dkey, "k")
-            for c in arr:
-                ax.plot(epochs, c, PRECISION_STYLE.get(prec, "-"), color=colour, alpha=0.3, linewidth=0.8)
-            ax.plot(epochs, arr.mean(axis=0), PRECISION_STYLE.get(prec, "-"), color=colour, linewidth=2,
-                    marker=PRECISION_MARKER.get(prec, "o"),
-                    label=f"{dkey} {prec}{f' x{world} processes' if world > 1 else ''} (mean of {len(arr)} seeds)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{model}, batch {bs}, data: {', '.join(sorted(set(g['data'].dropna())))}")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Test accuracy per epoch, devices and precisions overlaid (thin: single seeds)")
-    return _save(fig, out, "accuracy.png")
-
-
-def fig_data_paths(df: pd.DataFrame, colours: dict, out: Path) -> str | None:
-    ok = df[df["status"] == "ok"]
-    if ok["data_path"].nunique() < 2:
-        return None
-    g = ok.groupby(["device_key", "model", "precision", "batch_size", "data_path"])["train_images_per_s"].median()
-    g = g.unstack("data_path").dropna()
-    if g.empty:
-        return None
-    models = list(dict.fromkeys(g.index.get_level_values("model")))
-    fig, axes = _panels(len(models))
-    for ax, model in zip(axes, models):
-        sub = g.xs(model, level="model")
-        for (dkey, prec), s in sub.groupby(level=["device_key", "precision"]):
-            bs = s.index.get_level_values("batch_size")
-            colour = colours.get(dkey, "k")
-            ax.plot(bs, s["device"], "-", marker="o", color=colour, label=f"{dkey} {prec}: device-resident")
-            ax.plot(bs, s["dataloader"], "--", marker="s", color=colour, label=f"{dkey} {prec}: DataLoader")
-        ax.set_yscale("log")
-        _batch_axis(ax, sub.index.get_level_values("batch_size"))
-        ax.set_xlabel("batch size (images per step)")
-        ax.set_ylabel("training throughput (images/s)")
-        ax.set_title(model)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Input pipeline: device-resident data vs the classic DataLoader")
-    return _save(fig, out, "data_paths.png")
 
 
 # --------------------------------------------------------------------------------------

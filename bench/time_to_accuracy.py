@@ -29,7 +29,7 @@ KEYS = ["device_key", "device_kind", "model", "data", "batch_size", "precision",
 
 
 def tta_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The time-to-accuracy runs of a results frame (report.load_runs)."""
+    """The time-to-accuracy runs of a results frame (bench.frames.load_runs)."""
     if df.empty or "target_accuracy" not in df:
         return df.iloc[0:0]
     sel = (df["status"] == "ok") & (df["epochs"].fillna(0) > 0) & df["target_accuracy"].notna()

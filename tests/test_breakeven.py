@@ -12,7 +12,8 @@ from PIL import Image
 from bench import breakeven
 from bench.cli import main
 from bench.cost import PriceError, load_price_file, parse_prices
-from bench.report import load_runs, throughput, write_report
+from bench.frames import load_runs, throughput
+from bench.report import write_report
 from bench.results import ResultsStore, read_jsonl
 from bench.runner import Runner
 from helpers import tiny

@@ -7,7 +7,8 @@ import pytest
 from runfolders import CPU_SYSTEM, GPU_SYSTEM, acc_row, write_folder
 
 from bench.cli import main
-from bench.report import load_runs, summary_text, write_report
+from bench.frames import load_runs
+from bench.report import summary_text, write_report
 from bench.targets import DEFAULT_TARGETS, default_target
 from bench.time_to_accuracy import chosen_target, tta_table
 
