@@ -119,7 +119,7 @@ def test_noisy_seeds_of_one_configuration_make_one_warning(tmp_path):
 
 
 def test_results_table_keeps_one_plain_format_per_column():
-    from bench.cli import results_table
+    from bench.cli_run import results_table
     from bench.results import to_frame
 
     rows = [row("h", "cpu", "CPU", "tutorial", 512, "fp32", 19702.4),

@@ -1,0 +1,211 @@
+"""Command-line values: exit statuses, the one-line usage error, and the small parse
+functions argparse calls (`type=`), each naming the bad value and what was expected."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_FAILED = 1  # run: a configuration failed (after saving everything)
+EXIT_ERROR = 1  # equivalence, report, summary: results that cannot be compared
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+# ---- value parsers (argparse `type=`) ---------------------------------------------------
+
+def _bad(value: str, expected: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(f"could not parse value: {value!r}; expected {expected}")
+
+
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise _bad(value, "a positive integer") from None
+    if n < 1:
+        raise _bad(value, "a positive integer")
+    return n
+
+
+def non_negative_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise _bad(value, "an integer >= 0") from None
+    if n < 0:
+        raise _bad(value, "an integer >= 0")
+    return n
+
+
+def positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise _bad(value, "a positive number") from None
+    if not x > 0 or x != x or x == float("inf"):
+        raise _bad(value, "a positive number")
+    return x
+
+
+def alpha_level(value: str) -> float:
+    """A significance level strictly between 0 and 0.5 (the TOST interval is 1 - 2 alpha)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise _bad(value, "a significance level between 0 and 0.5, such as 0.05") from None
+    if not 0 < x < 0.5:
+        raise _bad(value, "a significance level between 0 and 0.5, such as 0.05")
+    return x
+
+
+def fraction(value: str) -> float:
+    """A fraction 0..1, or a percentage 1..100."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise _bad(value, "an accuracy such as 0.6 or 60") from None
+    if 1 < x <= 100:
+        x /= 100
+    if not 0 < x <= 1:
+        raise _bad(value, "an accuracy such as 0.6 or 60")
+    return x
+
+
+def comma_list(item: Callable[[str], object], what: str) -> Callable[[str], tuple]:
+    def parse(value: str) -> tuple:
+        parts = [p.strip() for p in value.split(",")]
+        if not value.strip() or any(not p for p in parts):
+            raise _bad(value, f"a comma-separated list of {what}")
+        out = []
+        for p in parts:
+            try:
+                out.append(item(p))
+            except argparse.ArgumentTypeError:
+                raise _bad(value, f"a comma-separated list of {what}") from None
+        return tuple(dict.fromkeys(out))
+    return parse
+
+
+def choice_list(choices: Sequence[str], what: str) -> Callable[[str], tuple]:
+    def item(p: str) -> str:
+        if p not in choices:
+            raise argparse.ArgumentTypeError(p)
+        return p
+
+    def parse(value: str) -> tuple:
+        try:
+            return comma_list(item, what)(value)
+        except argparse.ArgumentTypeError:
+            bad = [p.strip() for p in value.split(",") if p.strip() not in choices]
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(repr(b) for b in bad) or repr(value)}; "
+                f"expected one or more of {', '.join(choices)}") from None
+    return parse
+
+
+def model_list(value: str) -> tuple:
+    """Named models and user models (`package.module:callable`, `path/to/file.py:callable`).
+    Only the form is checked here; `validate_user_models` loads and tries them."""
+    from cnn.models import is_user_model, model_names
+
+    names = model_names()
+    try:
+        return choice_list(names, "model")(value)
+    except argparse.ArgumentTypeError as e:
+        bad = [p.strip() for p in value.split(",") if p.strip() not in names and not is_user_model(p.strip())]
+        if not bad and value.strip() and all(p.strip() for p in value.split(",")):
+            return tuple(dict.fromkeys(p.strip() for p in value.split(",")))
+        raise argparse.ArgumentTypeError(f"{e}, or a user model as package.module:callable or "
+                                         "path/to/file.py:callable") from None
+
+
+def validate_user_models(models) -> None:
+    """Load each user model and run one batch through it (forward and backward, CPU) before
+    anything is measured: a bad one ends the command in one line, exit status 2."""
+    from cnn.models import ModelError, check_model, is_user_model
+
+    for name in dict.fromkeys(models):
+        if is_user_model(name):
+            try:
+                check_model(name)
+            except ModelError as e:
+                raise UsageError(str(e)) from None
+
+
+def prices(value: str) -> dict:
+    """`cpu=0.10,cuda=3.00`: price per device-hour (bench.cost)."""
+    from bench.cost import PriceError, parse_prices
+
+    try:
+        return parse_prices(value)
+    except PriceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_price_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--price", type=prices, default=None, metavar="DEVICE=PRICE,...",
+                        help="price per device-hour, e.g. cpu=0.10,cuda=3.00: adds cost per million images, per "
+                             "training run and the speedup per unit of cost (default: no cost shown)")
+    parser.add_argument("--price-file", type=Path, default=None,
+                        help='JSON prices per device-hour, e.g. {"cpu": 0.10, "cuda": 3.00} (--price wins)')
+
+
+def _prices(args: argparse.Namespace) -> dict | None:
+    from bench.cost import PriceError, load_price_file
+
+    merged = {}
+    if args.price_file is not None:
+        try:
+            merged.update(load_price_file(args.price_file))
+        except PriceError as e:
+            raise UsageError(str(e)) from None
+    merged.update(args.price or {})
+    return merged or None
+
+
+def device_item(p: str) -> str:
+    if p == "cpu" or p == "cuda" or (p.startswith("cuda:") and p[5:].isdigit()):
+        return p
+    raise argparse.ArgumentTypeError(p)
+
+
+def parse_devices(value: str) -> tuple:
+    try:
+        return comma_list(device_item, "devices")(value)
+    except argparse.ArgumentTypeError:
+        bad = [p.strip() for p in value.split(",") if not _is_device(p.strip())]
+        raise argparse.ArgumentTypeError(
+            f"unknown device {', '.join(repr(b) for b in bad) or repr(value)}; expected cpu, cuda or cuda:N") from None
+
+
+def _is_device(p: str) -> bool:
+    try:
+        device_item(p)
+        return True
+    except argparse.ArgumentTypeError:
+        return False
+
+
+def port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise _bad(value, "a TCP port 1-65535") from None
+    if not 0 < n < 65536:
+        raise _bad(value, "a TCP port 1-65535")
+    return n
+
+
+def parse_seeds(value: str) -> tuple:
+    """`3` means three seeds (0, 1, 2 from --seed); `0,5,7` is a list."""
+    if "," in value:
+        return comma_list(non_negative_int, "seeds")(value)
+    return ("count", positive_int(value))
+
+
