@@ -57,14 +57,17 @@ def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> list[
                     f"({gb['device_key']}: {fmt_ips(gb['images_per_s'])} at batch {gb['batch_size']} "
                     f"{gb['precision']}; {cb['device_key']}: {fmt_ips(cb['images_per_s'])} at batch "
                     f"{cb['batch_size']} {cb['precision']}). ")
-            if s["wins_from"] is None:
+            if not s["common"]:
+                text += "No batch size was measured on both devices, so where the GPU starts to win is unknown."
+            elif s["wins_from"] is None:
                 text += "The GPU never beats the CPU at the batch sizes measured on both. "
             elif s["wins_from"] == s["common"][0]:
                 text += f"The GPU is faster at every batch size measured on both (from {s['wins_from']}). "
             else:
                 text += f"The GPU wins from batch size **{s['wins_from']}** on. "
-            small = s["common"][0]
-            text += f"At batch {small}: {s['ratio_by_bs'][small]:.2f}x."
+            if s["common"]:
+                small = s["common"][0]
+                text += f"At batch {small}: {s['ratio_by_bs'][small]:.2f}x."
         else:
             sub = tp[tp["model"] == model]
             if sub.empty:
@@ -109,7 +112,8 @@ def headline(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> pd.DataFra
             row["time to accuracy"] = tta
         if s is not None:
             row["GPU/CPU speedup"] = f"{s['speedup']:.1f}x"
-            row["GPU wins from bs"] = "never" if s["wins_from"] is None else str(s["wins_from"])
+            row["GPU wins from bs"] = "not measured on both" if not s["common"] else \
+                "never" if s["wins_from"] is None else str(s["wins_from"])
         if not eq.empty:
             v = eq[eq["model"] == model]["verdict"].value_counts()
             row["accuracy"] = ", ".join(f"{n} {k}" for k, n in v.items())
