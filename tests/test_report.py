@@ -131,3 +131,11 @@ def test_results_table_keeps_one_plain_format_per_column():
     assert "e+" not in text and "nan" not in text
     assert re.search(r"\|\s+19,702\s+\|", text) and re.search(r"\|\s+950\s+\|", text)
     assert re.search(r"\|\s+67\.1\s+\|", text)  # accuracy as a percentage
+
+
+def test_a_cpu_and_a_gpu_run_with_no_batch_size_in_common(tmp_path):
+    cpu = write_run(tmp_path / "cpu", LAPTOP, [row("laptop", "cpu", "Laptop CPU", "tutorial", 4, "fp32", 3000)])
+    gpu = write_run(tmp_path / "gpu", SERVER, [row("server", "cuda", "NVIDIA H100", "tutorial", 1024, "fp16", 9e4)])
+    text = write_report([cpu, gpu], tmp_path / "r").read_text()
+    assert "GPU/CPU speedup **30.0x**" in text
+    assert "No batch size was measured on both devices" in text and "not measured on both" in text
