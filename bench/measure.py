@@ -164,7 +164,7 @@ def flags(row: dict) -> list[str]:
     """Measurement problems a row carries: never a headline, always said."""
     out = []
     if (row.get("mfu") or 0) > 1:
-        out.append(f"MFU {row['mfu']:.0%} > 100% of the measured matmul peak: the peak was probed low (load)")
+        out.append(f"MFU {row['mfu']:.1%} > 100% of the measured matmul peak: the peak was probed low (load)")
     if (row.get("fraction_of_ceiling") or 0) > CEILING_FLAG:
         out.append(f"{row['fraction_of_ceiling']:.2f} of ceiling > {CEILING_FLAG}: the loop outran its own "
                    "compute-only ceiling, i.e. the machine's load changed between them")
