@@ -249,11 +249,21 @@ def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
         spread = f"{g['spread'].iloc[0]:.0%}" if len(g) == 1 else \
             f"{g['spread'].min():.0%}-{g['spread'].max():.0%} in {len(g)} of {runs[key]} runs"
         lines.append(f"- noisy: {device_key} {model} bs {bs} {precision}{path}: IQR/median {spread}")
-    flagged = ok[ok["flags"].fillna("").astype(str) != ""] if "flags" in ok else ok.iloc[:0]
-    for r in flagged.itertuples():
-        lines.append(f"- measurement problem (flagged, left out of figures and headlines): {r.device_key} {r.model} "
-                     f"bs {r.batch_size} {r.precision}: {r.flags}")
-    older = ok[(ok["mfu"].fillna(0) > 1) & ~ok.index.isin(flagged.index)]  # rows from before flags existed
+    flags = ok["flags"].fillna("").astype(str) if "flags" in ok else pd.Series("", index=ok.index)
+    unsettled = 0
+    for i, text in flags.items():
+        parts = [f for f in text.split("; ") if f]
+        unsettled += any(f.startswith("warm-up") for f in parts)
+        problems = [f for f in parts if not f.startswith("warm-up")]  # MFU > 100%, of ceiling > 1.05
+        if problems:
+            r = ok.loc[i]
+            lines.append(f"- measurement problem (flagged, left out of figures and headlines): {r.device_key} "
+                         f"{r.model} bs {r.batch_size} {r.precision}: {'; '.join(problems)}")
+    if unsettled:
+        lines.append(f"- warm-up reached its bound before two steps agreed within 10% in {unsettled} of {len(ok)} ok "
+                     "rows (a noisy machine, or a small warm-up bound); their timed rounds still ran to at least the "
+                     "minimum steps and the median's target")
+    older = ok[(ok["mfu"].fillna(0) > 1) & (flags == "")]  # rows from before flags existed
     if not older.empty:
         lines.append(f"- MFU above 100% in {len(older)} rows (up to {older['mfu'].max():.0%}): the matmul peak was "
                      "probed low; left out of figures and headlines.")
