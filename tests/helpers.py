@@ -15,14 +15,19 @@ def tiny(**kw) -> RunConfig:
     return RunConfig(**base)
 
 
-def inject_oom(monkeypatch, batch_size: int, message: str = "CUDA out of memory. Tried to allocate 20.00 GiB"):
-    """Make every training step at `batch_size` raise torch's out-of-memory error."""
+def inject_step_error(monkeypatch, batch_size: int, error: BaseException) -> None:
+    """Make every training step at `batch_size` raise `error`; other batch sizes train."""
     real_step = cnn.train.Trainer.step
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
     def step(self, x, y):
         if x.shape[0] == batch_size:
-            raise oom(f"{message} (injected)")
+            raise error
         return real_step(self, x, y)
 
     monkeypatch.setattr(cnn.train.Trainer, "step", step)
+
+
+def inject_oom(monkeypatch, batch_size: int, message: str = "CUDA out of memory. Tried to allocate 20.00 GiB"):
+    """Make every training step at `batch_size` raise torch's out-of-memory error."""
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    inject_step_error(monkeypatch, batch_size, oom(f"{message} (injected)"))

@@ -11,12 +11,11 @@ import pytest
 import torch
 
 import bench.system
-import cnn.train
 from bench import resources
 from bench.cli import main
 from bench.results import read_jsonl
 from bench.runner import Runner
-from helpers import tiny
+from helpers import inject_step_error, tiny
 
 
 def sweep(tmp_path, configs, name="run", **kw):
@@ -27,17 +26,10 @@ def sweep(tmp_path, configs, name="run", **kw):
 
 def test_resume_runs_failed_rows_again_and_a_budget_change_duplicates_nothing(tmp_path, monkeypatch):
     configs = [tiny(batch_size=8), tiny(batch_size=16)]
-    real_step = cnn.train.Trainer.step
-
-    def broken(self, x, y):
-        if x.shape[0] == 16:
-            raise ValueError("a passing fault")
-        return real_step(self, x, y)
-
-    monkeypatch.setattr(cnn.train.Trainer, "step", broken)
-    _, rows = sweep(tmp_path, configs)
+    with monkeypatch.context() as m:
+        inject_step_error(m, 16, ValueError("a passing fault"))
+        _, rows = sweep(tmp_path, configs)
     assert [r["status"] for r in rows] == ["ok", "failed"]
-    monkeypatch.setattr(cnn.train.Trainer, "step", real_step)
     longer = [tiny(batch_size=8, max_seconds=0.2, min_steps=3), tiny(batch_size=16, max_seconds=0.2, min_steps=3)]
     _, rows = sweep(tmp_path, longer, resume=True)  # another budget: the same configurations
     assert [(r["batch_size"], r["status"]) for r in rows] == [(16, "ok")]  # only the failed one ran again
@@ -140,14 +132,7 @@ def test_peaks_and_the_drift_reference_are_recorded_before_and_after(tmp_path):
 
 
 def test_a_failed_configuration_makes_the_sweep_exit_1_after_saving_everything(tmp_path, monkeypatch, capsys):
-    real_step = cnn.train.Trainer.step
-
-    def broken(self, x, y):
-        if x.shape[0] == 16:
-            raise ValueError("boom")
-        return real_step(self, x, y)
-
-    monkeypatch.setattr(cnn.train.Trainer, "step", broken)
+    inject_step_error(monkeypatch, 16, ValueError("boom"))
     out = tmp_path / "run"
     rc = main(["run", "--preset", "quick", "--models", "tutorial", "--batch-sizes", "8,16", "--precisions", "fp32",
                "--epochs", "0", "--train-size", "256", "--test-size", "64", "--data", "synthetic",
