@@ -264,7 +264,7 @@ def drift_reference(device: torch.device, seconds: float, clock: timing.Clock = 
     gen = torch.Generator().manual_seed(0)
     batch = iter([(torch.randn(64, 3, 32, 32, generator=gen).to(device),
                    torch.randint(0, 10, (64,), generator=gen).to(device))])
-    loop = measure.ceiling_loop(trainer, batch)
+    loop = ceiling_loop(trainer, batch)
     policy = protocol.Policy(min_steps=20, max_seconds=seconds, target_ci=0.02, warmup_seconds=0.5, clock=clock)
     warm = protocol.warm_up(loop, device, policy)
     return protocol.measure({"ref": loop}, warm.steady, device, policy).measurement("ref", 64, "").items_per_second

@@ -269,6 +269,10 @@ def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
                      "probed low; left out of figures and headlines.")
     for i, s in enumerate(systems):
         for d in s.get("drift", []):
+            for when in ("before", "after"):
+                if d.get(f"{when}_error"):
+                    lines.append(f"- the {d['device']} drift reference failed {when} run {i + 1}'s sweep: "
+                                 f"{d[f'{when}_error']}")
             if d.get("change") is not None and abs(d["change"]) > DRIFT_WARN:
                 lines.append(f"- the machine moved during run {i + 1}: the {d['device']} drift reference ran at "
                              f"{d['before_images_per_s']:,.0f} img/s before the sweep and "

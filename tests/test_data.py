@@ -145,7 +145,12 @@ def test_a_connection_that_hangs_gives_up_at_the_timeout(monkeypatch):
     # never returns, as name resolution can on a machine without network.
     monkeypatch.setattr(D, "_reachable", REAL_REACHABLE)
     release = threading.Event()
-    monkeypatch.setattr(D.socket, "create_connection", lambda *a, **k: release.wait(60))
+
+    def hang(*args, **kwargs):
+        release.wait(60)
+        raise OSError("a connection that never came")
+
+    monkeypatch.setattr(D.socket, "create_connection", hang)
     start = time.perf_counter()
     try:
         assert REAL_REACHABLE("https://www.cs.toronto.edu/x", timeout=0.2) is False
