@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,12 +27,10 @@ from cnn.train import Trainer, evaluate, make_trainer, train_epoch
 CEILING_FLAG = 1.05  # a loop measured faster than its own ceiling by more than this is noise, not speed
 
 
-def policy_for(cfg: RunConfig, agree: Callable[[float], float] | None = None, **overrides) -> protocol.Policy:
+def policy_for(cfg: RunConfig, agree: Callable[[float], float] = lambda x: x) -> protocol.Policy:
     p = protocol.Policy(min_steps=cfg.min_steps, max_steps=cfg.max_steps, max_seconds=cfg.max_seconds,
                         target_ci=cfg.target_ci, warmup_steps=cfg.warmup_steps, warmup_seconds=cfg.warmup_seconds,
-                        max_config_seconds=cfg.max_config_seconds, **overrides)
-    if agree is not None:
-        p = protocol.replace(p, agree=agree)
+                        max_config_seconds=cfg.max_config_seconds, agree=agree)
     return protocol.with_min_warmup(p, cfg.compile or cfg.compile_mode == "reduce-overhead")
 
 
@@ -153,7 +151,7 @@ def time_eval(cfg: RunConfig, trainer: Trainer, test: Callable[[], Iterator], ph
     phase("inference")
     loop, images = eval_loop(trainer, test)
     # rank 0 alone evaluates: its loops agree with nobody
-    p = protocol.replace(policy, max_seconds=cfg.eval_max_seconds, warmup_min=1, warmup_steps=3, agree=lambda x: x)
+    p = replace(policy, max_seconds=cfg.eval_max_seconds, warmup_min=1, warmup_steps=3, agree=lambda x: x)
     warm = protocol.warm_up(loop, trainer.device, p)
     rounds = protocol.measure({"eval": loop}, warm.steady, trainer.device, p)
     ev = rounds.measurement("eval", images, "")
@@ -208,7 +206,7 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
     """Every figure of one configuration's row, and its steady step time (for the sweep's
     budget predictions). `save_predictions` is None on ranks other than 0."""
     trainer = build_trainer(cfg, device, None if dist is None else dist.group_for(device))
-    policy = policy_for(cfg, None if dist is None else dist.max)
+    policy = policy_for(cfg) if dist is None else policy_for(cfg, dist.max)
     stream = _forever(inputs.train_epoch)
     other = ("ceiling", ceiling_loop(trainer, stream)) if dist is None else ("no_sync", no_sync_loop(trainer, stream))
     row, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,

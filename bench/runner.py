@@ -244,7 +244,7 @@ class Runner:
             return None
         bs, step = max(smaller)
         predicted_step = step * cfg.batch_size / bs
-        steps = 2 * cfg.min_steps if self.dist is None else cfg.min_steps * 2
+        steps = 2 * cfg.min_steps  # timed loop and its ceiling (no_sync steps under DDP)
         predicted = predicted_step * steps
         if predicted > cfg.max_config_seconds:
             return (f"over the time budget: batch {bs} took {step:.3g} s per steady step, so batch {cfg.batch_size} "
