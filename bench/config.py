@@ -11,7 +11,9 @@ charged to the budget), then at least `min_steps` timed steps of the loop and of
 compute-only ceiling, more until the median is known within `target_ci` or `max_seconds`
 (or `max_steps`) ends; `max_config_seconds` bounds the fewest steps the method needs: a
 configuration predicted to exceed it is skipped (bf16 ResNet-18 on a CPU without native
-bf16 runs about 20x slower than fp32, and must not stall a sweep).
+bf16 runs about 20x slower than fp32, and must not stall a sweep). A throughput
+configuration measured in `passes` passes across the sweep gets 1/passes of that budget in
+each (bench/passes.py); warm-up is repeated in every pass.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from cnn.train import PRECISIONS
 
 DEVICES = ("cpu", "cuda")
 BUDGET_FIELDS = ("warmup_steps", "warmup_seconds", "min_steps", "max_steps", "max_seconds", "target_ci",
-                 "max_config_seconds", "eval_max_seconds")
+                 "max_config_seconds", "eval_max_seconds", "passes")
 DATA_PATHS = ("device", "dataloader")
 PRESETS = ("quick", "standard", "full", "gpu-check", "sizes")
 
@@ -60,6 +62,9 @@ class RunConfig:
     target_ci: float = 0.03
     max_config_seconds: float = 60.0
     eval_max_seconds: float = 1.0
+    # Passes across the sweep (bench/passes.py): the throughput grid visits this configuration
+    # this many times, each with 1/passes of the budget above. Accuracy runs run once.
+    passes: int = 1
 
     def key(self) -> str:
         """A stable identity: every field but the budget's, canonical JSON."""
@@ -138,6 +143,9 @@ class Preset:
     time_to_accuracy: tuple[str, ...] = ()
     tta_seeds: tuple[int, ...] = (0, 1, 2)
     tta_epochs: int = 4
+    # Passes across the sweep of the throughput grid (bench/passes.py): a row's interval
+    # comes from the spread between them, so one pass states none.
+    passes: int = 3
 
 
 # Every preset sweeps these: bf16 is the CPU's reduced precision (fp16 and tf32 are CUDA-only).
@@ -158,6 +166,7 @@ PRESET_TABLE: dict[str, Preset] = {
         train_size=8192,
         test_size=1000,
         model_batch_limit={("cpu", "resnet18"): 8},
+        passes=1,
     ),
     # The default of `make bench-cpu` (under 10 minutes on a 2-core laptop) and
     # `make bench-gpu`.
@@ -208,6 +217,7 @@ PRESET_TABLE: dict[str, Preset] = {
         time_to_accuracy=("tutorial",),
         tta_seeds=(0, 1, 2),
         tta_epochs=4,
+        passes=2,
     ),
     # The model-size axis of the break-even map: the tutorial Net's width family (3.2 MFLOP
     # to 1.9 GFLOP per training image) across batch sizes, throughput only. On 2 CPU cores:
@@ -224,8 +234,8 @@ PRESET_TABLE: dict[str, Preset] = {
         models=FAMILY,
         batch_sizes={"cpu": (4, 16, 64, 256, 1024), "cuda": (4, 16, 64, 256, 1024, 4096)},
         precisions=SWEPT_PRECISIONS,
-        budget=dict(warmup_steps=3, warmup_seconds=1.0, min_steps=10, max_steps=100, max_seconds=0.5,
-                    max_config_seconds=60.0, eval_max_seconds=0.2),
+        budget=dict(warmup_steps=50, warmup_seconds=1.0, min_steps=10, max_steps=300, max_seconds=0.9,
+                    max_config_seconds=60.0, eval_max_seconds=0.3),
         accuracy_runs=(),
         seeds=(0,),
         # the largest batch (4096 on CUDA) must fit in the test set: evaluation steps on it too
@@ -259,6 +269,7 @@ class SweepRequest:
     target_accuracy: float | None = None
     budget: dict = field(default_factory=dict)  # overrides of budget fields
     cpu_reference: bool | None = None
+    passes: int | None = None  # passes across the sweep of the throughput grid (None: the preset's)
 
 
 def build_sweep(req: SweepRequest) -> list[RunConfig]:
@@ -273,6 +284,8 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
         and "cpu" not in [d.split(":")[0] for d in devices]
     configs: list[RunConfig] = []
 
+    passes = req.passes if req.passes is not None else p.passes
+
     def add(device: str, model: str, bs: int, precision: str, seed: int, epochs: int, data_path: str) -> None:
         cl = req.channels_last if req.channels_last is not None else default_channels_last(device, model, bs)
         configs.append(RunConfig(
@@ -281,13 +294,15 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
             augment=req.augment if req.augment is not None else default_augment(model),
             data_path=data_path, threads=req.threads,
             train_size=req.train_size or p.train_size, test_size=req.test_size or p.test_size,
-            target_accuracy=req.target_accuracy, **budget,
+            target_accuracy=req.target_accuracy, **{**budget, "passes": passes if epochs == 0 else 1},
         ))
 
     seeds = req.seeds or p.seeds
-    # Accuracy runs: with --epochs N every configuration trains N epochs (0: none);
-    # otherwise the preset's (model, batch size) pairs train, at every precision and seed,
-    # whether or not their batch size is in the throughput grid.
+    # Every (device, model, batch size, precision, input path) is a throughput configuration
+    # of the grid (epochs 0, measured in passes). Accuracy runs come on top: with --epochs N
+    # every device-path configuration also trains N epochs (0: none); otherwise the preset's
+    # (model, batch size) pairs train, at every precision and seed, and their batch size
+    # joins the grid.
     preset_accuracy = [] if req.epochs is not None else [(m, bs) for m, bs in p.accuracy_runs if m in models]
     for device in devices:
         kind = device.split(":")[0]
@@ -300,13 +315,12 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
             for precision in precisions:
                 for bs in sorted(sizes):
                     for data_path in req.data_paths:
+                        add(device, model, bs, precision, seeds[0], 0, data_path)
                         trains = (req.epochs or 0) > 0 if req.epochs is not None else (model, bs) in preset_accuracy
                         if trains and data_path == "device":
                             epochs = req.epochs if req.epochs is not None else p.accuracy_epochs
                             for seed in seeds:
                                 add(device, model, bs, precision, seed, epochs, data_path)
-                        else:
-                            add(device, model, bs, precision, seeds[0], 0, data_path)
     if "dataloader" not in req.data_paths and not (req.models or req.batch_sizes or req.precisions):
         for device in devices:
             for model, bs in p.dataloader_runs:

@@ -52,14 +52,16 @@ class Inputs:
 
 
 class InputCache:
-    """Keeps one device copy of the data per device, size and layout: consecutive
-    configurations of a sweep reuse it, a new layout replaces it."""
+    """Keeps device copies of the data per device, size, augmentation and layout (the
+    MAX_ENTRIES latest): a pass visits configurations in shuffled order, so layouts alternate."""
+
+    MAX_ENTRIES = 3
 
     def __init__(self):
-        self._key, self._batches = None, None
+        self._entries: dict[tuple, tuple] = {}
 
     def clear(self) -> None:
-        self._key, self._batches = None, None
+        self._entries.clear()
 
     def get(self, data: Cifar10Arrays, cfg: RunConfig, device: torch.device, rank: int = 0,
             world_size: int = 1) -> Inputs:
@@ -70,19 +72,20 @@ class InputCache:
             test = classic_loader(data, cfg.batch_size, False, pin_memory=pin, workers=2)
             return Inputs(lambda epoch: iter(train), lambda: iter(test), data, 0)
         key = (str(device), cfg.train_size, cfg.test_size, cfg.augment, cfg.channels_last)
-        if key != self._key:
-            self.clear()
-            self._batches = (
+        if key not in self._entries:
+            while len(self._entries) >= self.MAX_ENTRIES:
+                del self._entries[next(iter(self._entries))]
+            self._entries[key] = (
                 DeviceBatches(data.train_x, data.train_y, 1, device, augment=cfg.augment,
                               channels_last=cfg.channels_last),
                 DeviceBatches(data.test_x, data.test_y, 1, device, shuffle=False, drop_last=False,
                               channels_last=cfg.channels_last))
-            self._key = key
-        train_base, test_base = self._batches
+        batches = self._entries[key]
+        train_base, test_base = batches
         shard = {} if world_size == 1 else {"rank": rank, "world_size": world_size}
         train = train_base.view(batch_size=cfg.batch_size, seed=cfg.seed, **shard)
         test = test_base.view(batch_size=cfg.batch_size)
-        size = sum(t.numel() * t.element_size() for b in self._batches for t in (b.x, b.y))
+        size = sum(t.numel() * t.element_size() for b in batches for t in (b.x, b.y))
         return Inputs(train.epoch, lambda: test.epoch(0), data, size)
 
 
@@ -120,8 +123,7 @@ def time_training(cfg: RunConfig, trainer: Trainer, loop: protocol.Loop, other: 
     device = trainer.device
     phase("warm-up")
     warm = protocol.warm_up(loop, device, policy)
-    if cfg.epochs == 0:  # accuracy runs are asked for by name: they run whatever their step costs
-        protocol.check_budget(warm.fastest, 2, policy)
+    protocol.check_budget(warm.fastest, 2, policy)
     phase("timing")
     name, other_loop = other
     rounds = protocol.measure({"loop": loop, name: other_loop}, warm.steady, device, policy)
@@ -202,30 +204,34 @@ def train_for_accuracy(cfg: RunConfig, trainer: Trainer, inputs: Inputs, phase: 
 
 
 def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callable[[str], None],
-            peak_tflops: Callable[[], float], save_predictions: Callable | None, dist=None) -> tuple[dict, float]:
+            peak_tflops: Callable[[], float], save_predictions: Callable | None,
+            dist=None) -> tuple[dict, float | None]:
     """Every figure of one configuration's row, and its steady step time (for the sweep's
-    budget predictions). `save_predictions` is None on ranks other than 0."""
+    budget predictions). `save_predictions` is None on ranks other than 0. An accuracy run
+    (epochs > 0) trains and is timed epoch by epoch, end to end; its throughput is measured
+    by the grid's own configuration of the same model, batch size and precision."""
     trainer = build_trainer(cfg, device, None if dist is None else dist.group_for(device))
-    policy = policy_for(cfg) if dist is None else policy_for(cfg, dist.max)
-    stream = _forever(inputs.train_epoch)
-    other = ("ceiling", ceiling_loop(trainer, stream)) if dist is None else ("no_sync", no_sync_loop(trainer, stream))
-    row, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,
-                              gather=(lambda x: [x]) if dist is None else dist.all_gather)
-    del stream
-    row.update(data=inputs.data.source, lr=trainer.lr, train_size=len(inputs.data.train_y),
-               test_size=len(inputs.data.test_y))
-    if save_predictions is not None:  # under DDP rank 0 alone evaluates; the others wait
-        row.update(time_eval(cfg, trainer, inputs.test, phase, policy))
-        flops = system.training_flops_per_image(cfg.model)
-        peak = peak_tflops()
-        achieved = flops * row["train_images_per_s"] / 1e12
-        row.update(flops_per_image=flops, parameters=parameter_count(cfg.model), achieved_tflops=achieved,
-                   peak_tflops=peak, mfu=achieved / peak)
-    if dist is not None:
-        dist.barrier()
+    row: dict = {"data": inputs.data.source, "lr": trainer.lr, "train_size": len(inputs.data.train_y),
+                 "test_size": len(inputs.data.test_y), "flops_per_image": system.training_flops_per_image(cfg.model),
+                 "parameters": parameter_count(cfg.model)}
     if cfg.epochs > 0:
         row.update(train_for_accuracy(cfg, trainer, inputs, phase, save_predictions,
                                       (lambda x: x) if dist is None else dist.max))
+        return row, None
+    policy = policy_for(cfg) if dist is None else policy_for(cfg, dist.max)
+    stream = _forever(inputs.train_epoch)
+    other = ("ceiling", ceiling_loop(trainer, stream)) if dist is None else ("no_sync", no_sync_loop(trainer, stream))
+    timed, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,
+                                gather=(lambda x: [x]) if dist is None else dist.all_gather)
+    row.update(timed)
+    del stream
+    if save_predictions is not None:  # under DDP rank 0 alone evaluates; the others wait
+        row.update(time_eval(cfg, trainer, inputs.test, phase, policy))
+        peak = peak_tflops()
+        achieved = row["flops_per_image"] * row["train_images_per_s"] / 1e12
+        row.update(achieved_tflops=achieved, peak_tflops=peak, mfu=achieved / peak)
+    if dist is not None:
+        dist.barrier()
     row["flags"] = "; ".join(flags(row)) or None
     return row, step
 

@@ -2,7 +2,11 @@
 
 A run folder holds:
   results.jsonl   one JSON object per finished configuration, appended and fsynced as
-                  each finishes (an interrupted sweep keeps everything that finished). Rows
+                  each finishes (an interrupted sweep keeps everything that finished). A
+                  throughput configuration measured in passes is appended after each pass:
+                  its `pass_results` lists every pass so far (figures per pass), and each
+                  line keeps the raw step times of the pass that wrote it, so every pass's
+                  samples stay in the file. Rows
                   also carry what the CSV leaves out: the full RunConfig, raw step times,
                   per-epoch accuracy and seconds; distributed rows (written by rank 0
                   only) add per-rank lists in rank order: rank_step_ms_median,
@@ -50,22 +54,32 @@ COLUMNS: dict[str, str] = {
     "epochs": "full training epochs for accuracy (0: throughput only)",
     "threads": "torch CPU threads in use",
     "train_images_per_s": "training throughput, the headline: images / total timed time, every timed step "
-                          "counted (distributed: global images / the slowest rank's total time)",
+                          "counted (distributed: global images / the slowest rank's total time); with passes, the "
+                          "median over passes. Empty for accuracy runs (their speed is epoch_seconds)",
+    "train_images_per_s_low": "lower end of the row's interval: where a repeat run's value is expected "
+                              "(bench/passes.py: from the spread between passes; empty with one pass)",
+    "train_images_per_s_high": "upper end of that interval",
+    "passes": "passes across the sweep asked for (bench/passes.py); 1 for accuracy runs",
+    "passes_run": "passes measured ok (extra passes included)",
+    "pass_spread": "fastest pass / slowest pass - 1 (throughput)",
     "step_ms_median": "median training step time (ms; distributed: the slowest rank's); a stability figure",
     "step_ms_iqr": "interquartile range of step times (ms)",
-    "median_ci": "half-width of the median step time's 95% confidence interval / the median (0.03 = +-3%)",
+    "median_ci": "half-width of the median step time's 95% confidence interval / the median (0.03 = +-3%), from "
+                 "one pass's consecutive steps (the median over passes): a stability figure, not the row's interval",
     "noisy": "IQR/median > 10%",
-    "timed_steps": "timed steps of the training loop (the ceiling got as many)",
-    "rounds": "interleaved rounds of loop and ceiling (bench/protocol.py)",
-    "warmup_steps": "steps run before timing (excluded), until the step time settled",
-    "warmup_seconds": "wall time of the warm-up steps (not charged to the budget)",
-    "warmup_settled": "warm-up ended because two consecutive steps agreed within 10% (not on its bound)",
-    "startup_seconds": "warm-up time beyond steady steps: compilation, cuDNN autotuning, first allocations",
+    "timed_steps": "timed steps of the training loop (the ceiling got as many), all passes together",
+    "rounds": "interleaved rounds of loop and ceiling (bench/protocol.py), all passes together",
+    "warmup_steps": "steps run before timing (excluded), until the step time settled; all passes together",
+    "warmup_seconds": "wall time of the warm-up steps (not charged to the budget), all passes together",
+    "warmup_settled": "warm-up ended in every pass because two consecutive steps agreed (not on its bound)",
+    "startup_seconds": "warm-up time beyond steady steps: compilation, cuDNN autotuning, first allocations (the "
+                       "first pass: the cold start)",
     "timing_method": "perf_counter (CPU) or cuda_event",
     "compile_seconds": "startup_seconds of a torch.compile run: the compilation",
     "ceiling_images_per_s": "compute-only ceiling: the same step on one batch already on the device, timed "
                             "in rounds interleaved with the loop",
-    "fraction_of_ceiling": "train_images_per_s / ceiling_images_per_s (above 1.05: flagged, a measurement problem)",
+    "fraction_of_ceiling": "train_images_per_s / ceiling_images_per_s within each pass, the median over passes "
+                           "(above 1.05: flagged, a measurement problem)",
     "epoch_seconds": "median wall time of one full training epoch, data included",
     "eval_images_per_s": "evaluation throughput (inference mode; distributed: rank 0 alone)",
     "test_accuracy": "test accuracy after the configured epochs (fraction)",
@@ -224,9 +238,22 @@ class ResultsStore:
         return str(path.relative_to(self.folder))
 
 
+def derive(rows: list[dict]) -> list[dict]:
+    """Rows with their derived figures filled in: each throughput row's interval, from the
+    spread between its passes moderated by the run's pooled spread (bench/passes.py), so it
+    is derived from the stored passes whenever the rows are read, never stored apart."""
+    from bench.passes import intervals
+
+    rows = [dict(r) for r in rows]
+    for i, iv in intervals(rows).items():
+        rows[i].update(train_images_per_s_low=iv["low"], train_images_per_s_high=iv["high"])
+    return rows
+
+
 def to_frame(rows: list[dict]) -> pd.DataFrame:
-    """The CSV view: the scalar columns in schema order (missing ones empty)."""
-    frame = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
+    """The CSV view: the scalar columns in schema order (missing ones empty), derived
+    figures included."""
+    frame = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in derive(rows)], columns=list(COLUMNS))
     return frame
 
 
@@ -239,7 +266,7 @@ def load_run(folder: Path | str, warn=None) -> tuple[pd.DataFrame, list[dict], d
         raise ResultsError(f"{folder} holds no results.jsonl; is it a run folder from `cifar-bench run`?")
     if not os.access(folder / "results.jsonl", os.R_OK):
         raise ResultsError(f"cannot read {folder / 'results.jsonl'} (permission denied)")
-    rows = latest_rows(read_jsonl(folder / "results.jsonl", warn))
+    rows = derive(latest_rows(read_jsonl(folder / "results.jsonl", warn)))
     for r in rows:
         r["run_dir"] = str(folder)
     system = {}
@@ -272,6 +299,9 @@ COLUMN_FORMATS: dict[str, tuple[str, float, str]] = {
     "world_size": ("procs", 1, ""),
     "channels_last": ("cl", 1, ""),
     "train_images_per_s": ("train img/s", 1, ",.0f"),
+    "train_images_per_s_low": ("interval low", 1, ",.0f"),
+    "train_images_per_s_high": ("interval high", 1, ",.0f"),
+    "passes_run": ("passes", 1, ".0f"),
     "step_ms_median": ("step ms", 1, ",.3f"),
     "step_ms_iqr": ("IQR ms", 1, ",.3f"),
     "eval_images_per_s": ("eval img/s", 1, ",.0f"),

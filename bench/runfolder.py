@@ -2,8 +2,10 @@
 and system.json. One sweep per folder; nothing here measures.
 
 Resume: a configuration is done when its latest row is `ok` (or, without `retry_all`,
-`oom`, `skipped` or `diverged`: outcomes of the configuration itself). `failed` rows are
-always run again: a failure is the harness's or the machine's, not a result. Rows are
+`oom`, `skipped` or `diverged`: outcomes of the configuration itself) and, for a throughput
+configuration measured in passes, holds every pass it asked for. `failed` rows, and passes
+that failed, are always run again: a failure is the harness's or the machine's, not a
+result. Rows are
 matched by `RunConfig.key()`, recomputed from each row's stored configuration, so a budget
 change between the runs does not duplicate them. The rerun's row is appended; readers keep
 the latest row of each configuration (bench/results.py).
@@ -19,6 +21,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from bench.config import RunConfig
+from bench.passes import is_grid
 from bench.results import ResultsStore, row_key
 
 FINAL_STATUSES = ("ok", "oom", "skipped", "diverged")
@@ -75,6 +78,10 @@ class RunFolder:
             raise _locked(self.out) from None
         self._lock = lock
 
+    @property
+    def locked(self) -> bool:
+        return self._lock is not None
+
     def release(self) -> None:
         if self._lock is not None:
             self._lock.release()
@@ -88,9 +95,10 @@ class RunFolder:
             raise RunFolderError(_holds_results(self.out, len(rows)))
         (self.out / "sweep.json").write_text(json.dumps([asdict(c) for c in configs], indent=1))
         final = ("ok",) if retry_all else FINAL_STATUSES
-        latest = {row_key(r): r.get("status") for r in rows}
+        latest_rows = {row_key(r): r for r in rows}
+        latest = {k: r.get("status") for k, r in latest_rows.items()}
         done = {k for k, status in latest.items() if status in final}
-        pending = [c for c in configs if c.key() not in done]
+        pending = [c for c in configs if c.key() not in done or missing_passes(c, latest_rows[c.key()])]
         if rows:
             again = sum(1 for c in pending if c.key() in latest)
             self.log(f"resuming {self.out}: {len(configs) - len(pending)} of {len(configs)} configurations already "
@@ -101,3 +109,17 @@ class RunFolder:
         tmp = self.out / "system.json.tmp"
         tmp.write_text(json.dumps(info, indent=2, default=str))
         os.replace(tmp, self.out / "system.json")
+
+
+def has_pass(row: dict | None, pass_index: int) -> bool:
+    """The row holds pass `pass_index` (ok, or an outcome of the configuration itself)."""
+    return row is not None and any(e.get("pass") == pass_index and e.get("status") != "failed"
+                                   for e in row.get("pass_results") or [])
+
+
+def missing_passes(cfg: RunConfig, row: dict) -> list[int]:
+    """The passes an ok throughput row still lacks (none for a row from before passes, which
+    has no `passes`, or for an accuracy run)."""
+    if not is_grid(cfg) or row.get("status") != "ok" or row.get("pass_results") is None:
+        return []
+    return [p for p in range(1, cfg.passes + 1) if not has_pass(row, p)]

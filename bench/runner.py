@@ -19,6 +19,7 @@ rank; any other error on a rank stops the job after rank 0 recorded the configur
 from __future__ import annotations
 
 import shutil
+import statistics
 import sys
 import traceback
 from collections.abc import Callable
@@ -27,17 +28,18 @@ from pathlib import Path
 
 import torch
 
-from bench import measure, protocol, resources, system, timing
+from bench import measure, passes, protocol, resources, system, timing
 from bench.config import RunConfig, is_reference
 from bench.distributed import Distributed, RankFailed
 from bench.measure import cpu_threads, cudnn_benchmark  # noqa: F401 (re-exported)
+from bench.passes import is_grid
 from bench.resources import (
     ResourceMonitor,
     is_oom,  # noqa: F401 (re-exported)
     release_memory,
 )
-from bench.results import COLUMNS
-from bench.runfolder import RunFolder, RunFolderError
+from bench.results import COLUMNS, row_key
+from bench.runfolder import RunFolder, RunFolderError, has_pass
 from cnn.data import Cifar10Arrays, DataError, get_dataset
 from cnn.train import Diverged, Unsupported, unsupported_reason
 
@@ -83,6 +85,7 @@ class Runner:
         self._peaks: dict[tuple[str, str], dict] = {}
         self._drift: dict[str, dict] = {}
         self._history: dict[tuple, list[tuple[int, float]]] = {}
+        self._rows: dict[str, dict] = {}  # the latest row of each configuration (passes merge into it)
         self._sizes: tuple[int | None, int | None] = (None, None)
         self.system = system.system_info()
 
@@ -90,9 +93,12 @@ class Runner:
 
     def run(self, configs: list[RunConfig], resume: bool = False, retry_all: bool = False,
             followup: Callable[[list[dict]], list[RunConfig]] | None = None) -> list[dict]:
-        """Run what is pending; returns the rows this call recorded. `followup` plans more
-        configurations from every row recorded once those have run (time to accuracy at the
-        fastest batch sizes); they join sweep.json and run in the same sweep (one process)."""
+        """Run what is pending; returns the rows this call recorded (a configuration measured in
+        several passes: its row after each pass). `followup` plans more configurations from
+        every row recorded once those have run (time to accuracy at the fastest batch sizes);
+        they join sweep.json and run in the same sweep (one process). The machine checks
+        (peaks, drift reference) run once before the first configuration and once after the
+        last, follow-ups included."""
         plan, problem = None, None
         try:
             if self.main:
@@ -102,7 +108,8 @@ class Runner:
                     self.folder.write_system(self.system)
                     self._set_sizes(configs)
                     data = self.dataset()  # a data problem stops here, before any configuration runs
-                    plan = {"pending": pending, "data": data.source, "folder": data.folder, "sizes": self._sizes}
+                    plan = {"pending": pending, "data": data.source, "folder": data.folder, "sizes": self._sizes,
+                            "prior": {k: r for k, r in ((row_key(r), r) for r in self.store.load())}}
                 except (RunFolderError, DataError) as e:
                     if self.dist is None:
                         raise
@@ -122,15 +129,25 @@ class Runner:
                 problems = [p for p in self.dist.all_gather(problem) if p]
                 if problems:
                     raise DataError("; ".join(problems))
-            rows = self._sweep(plan["pending"])
+            self._rows = dict(plan["prior"])
+            checked = list(plan["pending"])
+            self._machine_checks(checked, "before")
+            rows = self._sweep(plan["pending"], retry_all)
             if followup is not None and self.dist is None:
                 more = [c for c in followup(self.store.load()) if c not in configs]
                 if more:
                     self.log(f"time to accuracy: {len(more)} runs at the fastest batch sizes measured")
                     configs = configs + more
-                    rows += self._sweep(self.folder.pending(configs, resume=True, retry_all=retry_all))
-            return rows
+                    pending = self.folder.pending(configs, resume=True, retry_all=retry_all)
+                    checked += [c for c in pending if c not in checked]
+                    self._machine_checks(pending, "before")  # only what was not probed yet
+                    rows += self._sweep(pending, retry_all)
+            self._machine_checks(checked, "after")
+            latest = {row_key(r): r for r in rows}  # a configuration's row after its last pass, in plan order
+            return [latest[c.key()] for c in configs if c.key() in latest]
         finally:
+            if self.main and self.folder.locked:
+                self._write_system()
             self.folder.release()
 
     def _set_sizes(self, configs: list[RunConfig]) -> None:
@@ -162,7 +179,7 @@ class Runner:
         if self.dist is not None or self.drift_seconds == 0:
             return  # (distributed: the other ranks share the machine while rank 0 would time alone)
         for device in dict.fromkeys(c.device for c in configs):
-            if unsupported_reason(device, "fp32") is not None:
+            if unsupported_reason(device, "fp32") is not None or f"{when}_images_per_s" in self._drift.get(device, {}):
                 continue
             d = self._drift.setdefault(device, {"device": device, "reference": "tutorial fp32 bs 64 ceiling"})
             seconds = self.drift_seconds or (1.0 if torch.device(device).type == "cpu" else 0.3)
@@ -184,38 +201,103 @@ class Runner:
                 self._peaks[key] = p
         return self._peaks[key]
 
-    def _sweep(self, configs: list[RunConfig]) -> list[dict]:
+    def _visits(self, configs: list[RunConfig], retry_all: bool = False) -> list[tuple[RunConfig, int | None]]:
+        """The order of the sweep: accuracy runs first (the CPU fp32 references first of all),
+        once each; then the throughput grid in passes (bench/passes.py), each pass in its own
+        shuffled order, a configuration only in the passes its row lacks (all of them when
+        its row is to run again: not ok, and failed or `retry_all`)."""
+        one_off = sorted((c for c in configs if not is_grid(c)), key=lambda c: not is_reference(c))
+        grid = [c for c in configs if is_grid(c)]
+        visits: list[tuple[RunConfig, int | None]] = [(c, None) for c in one_off]
+
+        def again(row: dict | None) -> bool:
+            return row is not None and row.get("status") != "ok" and (retry_all or row.get("status") == "failed")
+
+        for p in range(1, max((c.passes for c in grid), default=0) + 1):
+            todo = [c for c in grid if c.passes >= p and (again(self._rows.get(c.key()))
+                                                          or not has_pass(self._rows.get(c.key()), p))]
+            visits += [(c, p) for c in passes.pass_order(todo, p)]
+        return visits
+
+    def _sweep(self, configs: list[RunConfig], retry_all: bool = False) -> list[dict]:
         from tqdm import tqdm
 
-        rows = []
-        bar = tqdm(total=len(configs), unit="cfg", disable=True if self.progress is False else None,
+        visits = self._visits(configs, retry_all)
+        rows: list[dict] = []
+        bar = tqdm(total=len(visits), unit="visit", disable=True if self.progress is False else None,
                    dynamic_ncols=True, leave=False)
         bar_on = not bar.disable
         say = tqdm.write if bar_on else self.log
+        planned_seconds = 0.0
         try:
-            self._machine_checks(configs, "before")
-            for i, cfg in enumerate(configs, 1):
-                bar.set_description(cfg.label())
-                try:
-                    row = self.run_one(cfg, phase=lambda p: bar.set_postfix_str(p) if bar_on else None)
-                except _RankError as e:  # distributed: record it (rank 0), then stop the job
-                    if self.main:
-                        self.store.append(e.row)
-                        say(f"[{i}/{len(configs)}] {summary_line(e.row)}")
-                    raise RankFailed(f"rank {self.dist.rank}: {cfg.label()}: {e.row['reason']}; the job stops "
-                                     "because the ranks can no longer stay in step (a rank that waits longer than "
-                                     "--dist-timeout for the others fails this way too)") from None
-                if self.main:
-                    self.store.append(row)
-                    say(f"[{i}/{len(configs)}] {summary_line(row)}")
-                rows.append(row)
+            for i, (cfg, p) in enumerate(visits, 1):
+                started = timing.now()
+                row = self._visit(cfg, p, bar, say, f"{i}/{len(visits)}", rows)
+                if row is not None and p is not None:
+                    planned_seconds += timing.now() - started
                 bar.update(1)
-            self._machine_checks(configs, "after")
+            if self.dist is None:
+                rows += self._extra_passes([c for c in configs if is_grid(c)], planned_seconds, bar, say)
         finally:
             bar.close()
-            if self.main:
-                self._write_system()
         return rows
+
+    def _extra_passes(self, grid: list[RunConfig], planned_seconds: float, bar, say) -> list[dict]:
+        """Configurations whose passes disagree by more than passes.EXTRA_PASS_SPREAD get more
+        (at most EXTRA_PASSES each), in shuffled order, while their estimated time fits within
+        EXTRA_TIME_SHARE of the time the planned passes took."""
+        rows: list[dict] = []
+        allowance, spent = passes.EXTRA_TIME_SHARE * planned_seconds, 0.0
+        for extra in range(1, passes.EXTRA_PASSES + 1):
+            todo = [c for c in grid if c.passes > 1 and passes.needs_extra_pass(self._rows.get(c.key(), {}), c.passes)
+                    and (self._rows[c.key()].get("passes_run") or 0) < c.passes + extra]
+            if not todo:
+                break
+            self.log(f"extra pass {extra}: {len(todo)} configurations whose passes disagree by more than "
+                     f"{passes.EXTRA_PASS_SPREAD:.0%}")
+            bar.total = (bar.total or 0) + len(todo)
+            for cfg in passes.pass_order(todo, passes.EXTRA_ORDER + extra):
+                entries = self._rows[cfg.key()].get("pass_results") or []
+                estimate = statistics.median([e.get("visit_seconds") or 0.0 for e in entries] or [0.0])
+                if spent + estimate > allowance:
+                    self.log(f"extra passes stop: their time allowance ({allowance:.0f} s, "
+                             f"{passes.EXTRA_TIME_SHARE:.0%} of the planned passes) is spent")
+                    return rows
+                started = timing.now()
+                self._visit(cfg, max(e["pass"] for e in entries) + 1, bar, say, f"extra {extra}", rows)
+                spent += timing.now() - started
+                bar.update(1)
+        return rows
+
+    def _visit(self, cfg: RunConfig, pass_index: int | None, bar, say, where: str, rows: list[dict]) -> dict | None:
+        """One visit: run the configuration (or one pass of it), merge the pass into its row,
+        record the row. None when the visit was not needed (an earlier pass was not ok)."""
+        previous = self._rows.get(cfg.key())
+        if pass_index is not None and pass_index > 1 and previous is not None and previous.get("status") != "ok":
+            return None  # skipped, oom, diverged or failed in an earlier pass: no more passes
+        label = cfg.label() + (f" pass {pass_index}/{cfg.passes}" if pass_index is not None and cfg.passes > 1 else "")
+        bar.set_description(label)
+        started = timing.now()
+        try:
+            row = self.run_one(cfg, phase=lambda p: bar.set_postfix_str(p) if not bar.disable else None,
+                               pass_index=pass_index)
+        except _RankError as e:  # distributed: record it (rank 0), then stop the job
+            if self.main:
+                self.store.append(e.row)
+                say(f"[{where}] {summary_line(e.row)}")
+            raise RankFailed(f"rank {self.dist.rank}: {cfg.label()}: {e.row['reason']}; the job stops "
+                             "because the ranks can no longer stay in step (a rank that waits longer than "
+                             "--dist-timeout for the others fails this way too)") from None
+        if pass_index is not None:
+            row.update(visit_seconds=timing.now() - started)
+            row = passes.merge(previous, row, pass_index)
+            row["flags"] = "; ".join(measure.flags(row)) or None
+        self._rows[cfg.key()] = row
+        if self.main:
+            self.store.append(row)
+            say(f"[{where}] {summary_line(row, pass_index)}")
+        rows.append(row)
+        return row
 
     # ---- one configuration -------------------------------------------------------------
 
@@ -253,10 +335,15 @@ class Runner:
                     "per configuration")
         return None
 
-    def run_one(self, cfg: RunConfig, phase: Callable[[str], None] = lambda p: None) -> dict:
+    def run_one(self, cfg: RunConfig, phase: Callable[[str], None] = lambda p: None,
+                pass_index: int | None = None) -> dict:
+        """One configuration, or one pass of it (`pass_index`, with 1/passes of its budget);
+        the row records the configuration as asked for."""
+        row_cfg, cfg = cfg, passes.pass_budget(cfg) if pass_index is not None else cfg
         with measure.cpu_threads(cfg.threads) as threads:
-            row = self.base_row(cfg, threads)
-            reason = refusal(cfg, self.dist) or self.over_budget(cfg)
+            row = self.base_row(row_cfg, threads)
+            # a later pass of a configuration that fit in the first is not predicted again
+            reason = refusal(cfg, self.dist) or (self.over_budget(cfg) if (pass_index or 1) == 1 else None)
             if reason is not None:
                 return {**row, "status": "skipped", "reason": reason, "finished_at": timing.wall_clock()}
             device = torch.device(cfg.device) if self.dist is None else self.dist.device(cfg.device)
@@ -273,7 +360,8 @@ class Runner:
                         cfg, device, inputs, phase,
                         lambda: self.peak(cfg.device, cfg.precision)["tflops"] * peak_scale,
                         self.store.save_predictions if self.main else None, self.dist)
-                self._history.setdefault(self._line(cfg), []).append((cfg.batch_size, step))
+                if step is not None:
+                    self._history.setdefault(self._line(cfg), []).append((cfg.batch_size, step))
                 row.update(status="ok", reason=None, **metrics)
             except Diverged as e:
                 row.update(status="diverged", reason=str(e))
@@ -327,15 +415,25 @@ class _RankError(Exception):
         self.row = row
 
 
-def summary_line(row: dict) -> str:
+def summary_line(row: dict, pass_index: int | None = None) -> str:
     label = RunConfig.from_dict(row["config"]).label() if "config" in row else row.get("model", "?")
+    planned = (row.get("config") or {}).get("passes") or 1
+    if pass_index is not None and planned > 1:
+        label += f" pass {pass_index}/{planned}" if pass_index <= planned else f" extra pass {pass_index}"
     if (row.get("world_size") or 1) > 1:
         label += f" x{row['world_size']} {row['backend']}"
     if row["status"] != "ok":
         return f"{label}: {row['status']} ({row.get('reason')})"
-    text = (f"{label}: {row['train_images_per_s']:,.0f} img/s, median step {row['step_ms_median']:.2f} ms "
-            f"(IQR {100 * row['step_ms_iqr'] / row['step_ms_median']:.0f}%{', noisy' if row['noisy'] else ''}, "
-            f"{row['timed_steps']} steps)")
+    if row.get("train_images_per_s") is None:  # an accuracy run: epochs end to end, no throughput rounds
+        text = f"{label}: epoch {row['epoch_seconds']:.2f} s" if row.get("epoch_seconds") is not None else label
+    else:
+        text = (f"{label}: {row['train_images_per_s']:,.0f} img/s, median step {row['step_ms_median']:.2f} ms "
+                f"(IQR {100 * row['step_ms_iqr'] / row['step_ms_median']:.0f}%{', noisy' if row['noisy'] else ''}, "
+                f"{row['timed_steps']} steps)")
+        values = [e["train_images_per_s"] for e in row.get("pass_results") or []
+                  if e.get("status") == "ok" and e.get("train_images_per_s")]
+        if len(values) > 1:
+            text += f"; passes {' / '.join(f'{v:,.0f}' for v in values)}"
     if row.get("comm_share") is not None:
         text += f", global; comm share ~{100 * row['comm_share']:.0f}%"
     if row.get("test_accuracy") is not None:

@@ -39,7 +39,8 @@ def scaling_table(df: pd.DataFrame) -> pd.DataFrame:
     need = {*SCALING_KEYS, "world_size", "threads", "train_images_per_s"}
     if df.empty or not need <= set(df.columns):
         return pd.DataFrame()
-    ok = df[(df["status"] == "ok") & (df["data_path"] == "device")].copy()
+    ok = df[(df["status"] == "ok") & (df["data_path"] == "device") & (df["epochs"].fillna(0) == 0)
+            & df["train_images_per_s"].notna()].copy()
     ok["world_size"] = ok["world_size"].fillna(1).astype(int)
     ok["nodes"] = ok["nodes"].fillna(1).astype(int) if "nodes" in ok else 1
     if ok.empty or ok["world_size"].max() <= 1:

@@ -45,7 +45,9 @@ def test_standard_gpu_preset_adds_the_cpu_reference_runs():
 def test_flags_override_the_preset():
     configs = build_sweep(SweepRequest(preset="standard", devices=("cpu",), models=("tutorial",),
                                        batch_sizes=(64, 8), precisions=("fp32",), epochs=1, seeds=(3,)))
-    assert [(c.batch_size, c.epochs, c.seed) for c in configs] == [(8, 1, 3), (64, 1, 3)]
+    # accuracy runs first (CPU fp32 references), then the throughput grid
+    assert [(c.batch_size, c.epochs, c.seed) for c in configs] == [(8, 1, 3), (64, 1, 3), (8, 0, 3), (64, 0, 3)]
+    assert [c.passes for c in configs] == [1, 1, 3, 3]
 
 
 def test_epochs_zero_means_throughput_only_with_one_seed():
