@@ -1,4 +1,4 @@
-"""`cifar-bench` / `python -m bench`: run, report, equivalence, perf.
+"""`cifar-bench` / `python -m bench`: run, report, summary, equivalence, compare, perf.
 
 Input is validated here, at the edge: a bad value ends the command with one line naming
 the value and what was expected, and exit status 2 (no traceback). `run` exits 1 when a
@@ -36,6 +36,7 @@ from bench.cliargs import (
     non_negative_int,
     parse_devices,
     parse_seeds,
+    percent,
     port,
     positive_float,
     positive_int,
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="time budget of one configuration's throughput loop (default: the preset's)")
     run.add_argument("--max-seconds", type=positive_float, default=None,
                      help="timed-loop seconds per configuration (default: the preset's)")
+    run.add_argument("--passes", type=positive_int, default=None,
+                     help="passes across the sweep for the throughput grid: each visits every configuration in a "
+                          "fresh shuffled order with 1/N of its budget, and a row's interval comes from their "
+                          "spread (default: the preset's; standard and sizes 3, quick 1)")
     run.add_argument("--no-cpu-reference", action="store_true",
                      help="for a CUDA-only sweep, skip the CPU fp32 runs the accuracy check compares with")
     run.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<host>-<devices>-<time>)")
@@ -152,6 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
     eq.add_argument("--margin", type=positive_float, default=1.0, help="margin in percentage points")
     eq.add_argument("--alpha", type=alpha_level, default=0.05, help=alpha_help)
     eq.add_argument("--out", type=Path, default=None, help="where equivalence.csv goes (default: first RUN_DIR)")
+
+    comp = sub.add_parser("compare", help="pair two runs' throughput configurations: ratios, intervals, verdicts",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description="Pair the throughput configurations of two run folders by configuration and "
+                                      "write compare.md,\ncompare.csv and compare.png: NEW/BASE with its interval, a "
+                                      "verdict per configuration,\nthe ratio normalised by each run's matmul peak and "
+                                      "drift reference, and how well\nBASE's stated intervals covered NEW's values.\n\n"
+                                      "exit status:\n"
+                                      "  0  compared (slowdowns included, unless --fail-above)\n"
+                                      "  1  --fail-above: a configuration is significantly slower by more than PCT\n"
+                                      "  2  bad usage (a bad flag or value, a folder that is not a run folder, nothing "
+                                      "to pair)")
+    comp.add_argument("base", type=Path, metavar="BASE")
+    comp.add_argument("new", type=Path, metavar="NEW")
+    comp.add_argument("--out", type=Path, default=None, help="where compare.md goes (default: NEW)")
+    comp.add_argument("--threshold", type=percent, default=5.0,
+                      help="percent change below which a configuration counts as unchanged (default: 5)")
+    comp.add_argument("--fail-above", type=percent, default=None, metavar="PCT",
+                      help="exit 1 when a configuration is significantly slower by more than PCT percent "
+                           "(like --benchmark-compare-fail; off by default)")
 
     perf = sub.add_parser("perf", help="the loop against its compute ceiling and the classic DataLoader",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -249,8 +274,30 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return run_perf(args)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0 (compared), 1 (--fail-above and a significant slowdown beyond it), 2 (usage)."""
+    from bench.compare import CompareError, summary_lines, write_compare
+    from bench.results import ResultsError
+
+    try:
+        path, frame, facts = write_compare(args.base, args.new, args.out, threshold=args.threshold / 100)
+    except (ResultsError, CompareError) as e:
+        raise UsageError(str(e)) from None
+    for line in summary_lines(facts):
+        print(f"- {line}")
+    print(f"cifar-bench: comparison written to {path}")
+    if args.fail_above is not None:
+        worse = frame[(frame["verdict"] == "slower") & (frame["ratio"] < 1 - args.fail_above / 100)]
+        if not worse.empty:
+            for r in worse.itertuples():
+                print(f"cifar-bench: slower by {1 - r.ratio:.1%} (> {args.fail_above:g}%): {r.configuration}: "
+                      f"{r.base:,.0f} -> {r.new:,.0f} img/s", file=sys.stderr)
+            return EXIT_ERROR
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "summary": cmd_summary, "equivalence": cmd_equivalence,
-            "perf": cmd_perf}
+            "perf": cmd_perf, "compare": cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

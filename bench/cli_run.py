@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             compile_mode=None if args.compile_mode in (None, "default") else args.compile_mode,
             augment={"auto": None, "on": True, "off": False}[args.augment], data_paths=args.data_paths,
             train_size=args.train_size, test_size=args.test_size,
-            target_accuracy=args.target_accuracy, budget=budget,
+            target_accuracy=args.target_accuracy, budget=budget, passes=args.passes,
             # A scale-out sweep is compared with a one-process run folder; CPU reference runs
             # spread over the GPU job's processes would only cost time.
             cpu_reference=False if args.no_cpu_reference or world > 1 else None,

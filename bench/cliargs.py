@@ -64,6 +64,17 @@ def alpha_level(value: str) -> float:
     return x
 
 
+def percent(value: str) -> float:
+    """A percentage, 0 < x < 100 (e.g. 5 for 5%)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise _bad(value, "a percentage between 0 and 100, such as 5") from None
+    if not 0 < x < 100:
+        raise _bad(value, "a percentage between 0 and 100, such as 5")
+    return x
+
+
 def fraction(value: str) -> float:
     """A fraction 0..1, or a percentage 1..100."""
     try:
