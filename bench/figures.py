@@ -55,23 +55,45 @@ def _save(fig, out: Path, name: str) -> str:
     return name
 
 
+# A throughput frame's column and the results column it comes from (flagged rows are raw rows).
+RAW_COLUMN = {"images_per_s": "train_images_per_s"}
+
+
 def _lines_vs_batch(tp: pd.DataFrame, colours: dict, value: str, ylabel: str, title: str, out: Path,
-                    name: str, logy: bool = True, models: list[str] | None = None) -> str | None:
-    models = models or models_in(tp)
-    if tp.empty or tp[value].dropna().empty:
+                    name: str, logy: bool = True, models: list[str] | None = None,
+                    flagged: pd.DataFrame | None = None) -> str | None:
+    """One panel per model, a line per device, precision and variant. Where the frame has the
+    value's interval (`<value>_low/_high`), error bars show it; `flagged` rows (measurement
+    problems, left out of the lines) are drawn hollow at their value."""
+    raw = RAW_COLUMN.get(value, value)
+    hollow = flagged if flagged is not None and raw in flagged and not flagged[raw].dropna().empty else None
+    if (tp.empty or tp[value].dropna().empty) and hollow is None:
         return None
+    models = models or models_in(pd.concat([tp[["model"]] if "model" in tp else pd.DataFrame(),
+                                            hollow[["model"]] if hollow is not None else pd.DataFrame()]))
     fig, axes = _panels(len(models))
     for ax, model in zip(axes, models):
-        sub = tp[tp["model"] == model]
-        for (dkey, prec, variant), g in sub.groupby(["device_key", "precision", "variant"]):
+        sub = tp[tp["model"] == model] if not tp.empty else tp
+        for (dkey, prec, variant), g in sub.groupby(["device_key", "precision", "variant"]) if not sub.empty else ():
             g = g.sort_values("batch_size").dropna(subset=[value])
             if g.empty:
                 continue
+            colour = colours.get(dkey, "k")
             ax.plot(g["batch_size"], g[value], PRECISION_STYLE.get(prec, "-"), marker=PRECISION_MARKER.get(prec, "o"),
-                    color=colours.get(dkey, "k"), label=f"{dkey} {prec}{variant}", markersize=4)
+                    color=colour, label=f"{dkey} {prec}{variant}", markersize=4)
+            if f"{value}_low" in g and g[f"{value}_low"].notna().any():
+                lo, hi = g[f"{value}_low"].to_numpy(float), g[f"{value}_high"].to_numpy(float)
+                ax.errorbar(g["batch_size"], g[value], yerr=[g[value] - lo, hi - g[value]], fmt="none",
+                            ecolor=colour, elinewidth=0.8, capsize=2, alpha=0.7)
+        if hollow is not None:
+            for (dkey, prec), g in hollow[hollow["model"] == model].groupby(["device_key", "precision"]):
+                ax.scatter(g["batch_size"], g[raw], marker=PRECISION_MARKER.get(prec, "o"), s=40,
+                           facecolors="none", edgecolors=colours.get(dkey, "k"), linewidths=1.2,
+                           label=f"{dkey} {prec}: flagged, not in the lines (see Warnings)", zorder=5)
         if logy:
             ax.set_yscale("log")
-        _batch_axis(ax, sub["batch_size"])
+        _batch_axis(ax, [*sub.get("batch_size", []), *(hollow[hollow["model"] == model]["batch_size"]
+                                                       if hollow is not None else [])])
         ax.set_xlabel("batch size (images per step)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{model}")

@@ -218,7 +218,10 @@ def train_to_accuracy(run_epoch: Callable[[int], float], evaluate: Callable[[], 
     return AccuracyRun(curve, epoch_seconds, eval_seconds, losses, result, time_to_target, epochs_to_target)
 
 
+COMPILED_WARMUP_MIN = 3  # torch.compile records on the 1st call; CUDA graphs record on the 2nd, replay from the 3rd
+
+
 def with_min_warmup(policy: Policy, compiled: bool) -> Policy:
     """torch.compile (and CUDA graphs) need a third call before steps are steady."""
-    return replace(policy, warmup_min=max(policy.warmup_min, 3)) if compiled else policy
+    return replace(policy, warmup_min=max(policy.warmup_min, COMPILED_WARMUP_MIN)) if compiled else policy
 

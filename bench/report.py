@@ -19,12 +19,13 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display needed
 import pandas as pd  # noqa: E402
 
-from bench import breakeven, cost  # noqa: E402
-from bench.equivalence import equivalence_table, explanation, verdict_table  # noqa: E402
+from bench import accuracy_report, breakeven, cost, method, passes, protocol  # noqa: E402
+from bench.equivalence import equivalence_table  # noqa: E402
 from bench.figures import _lines_vs_batch, fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup  # noqa: E402
 from bench.frames import (  # noqa: E402
     amp_gain,
     device_colours,
+    flagged_points,
     fmt_ips,
     load_runs,
     models_in,
@@ -32,12 +33,10 @@ from bench.frames import (  # noqa: E402
     throughput,
 )
 from bench.markdown import to_markdown  # noqa: E402
-from bench.measure import CEILING_FLAG  # noqa: E402
 from bench.results import markdown_table  # noqa: E402
 from bench.runner import DRIFT_WARN  # noqa: E402
 from bench.time_to_accuracy import headline as tta_headline  # noqa: E402
 from bench.time_to_accuracy import headline_cell, target_lines, tta_markdown, tta_table  # noqa: E402
-from bench.timing import NOISY_IQR_RATIO  # noqa: E402
 
 # --------------------------------------------------------------------------------------
 # Conclusions in plain words
@@ -127,18 +126,26 @@ def headline(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> pd.DataFra
 
 def results_markdown(df: pd.DataFrame) -> str:
     cols = ["device_key", "model", "batch_size", "precision", "channels_last", "data_path", "seed", "epochs",
-            "world_size", "status", "train_images_per_s", "step_ms_median", "step_ms_iqr", "eval_images_per_s",
-            "fraction_of_ceiling", "test_accuracy", "epoch_seconds", "achieved_tflops", "mfu", "peak_memory_mb"]
+            "world_size", "status", "train_images_per_s", "train_images_per_s_low", "train_images_per_s_high",
+            "passes_run", "step_ms_median", "step_ms_iqr", "eval_images_per_s", "fraction_of_ceiling", "test_accuracy",
+            "epoch_seconds", "achieved_tflops", "mfu", "peak_memory_mb", "flags"]
     return markdown_table(df, cols)
 
 
 SYSTEM_FIELDS = ("host", "cpu_model", "cpu_physical_cores", "cpu_logical_cores", "ram_gb", "os", "python", "torch",
-                 "torchvision", "torch_cuda_build", "cpu_capability", "torch_threads_default", "gpu_name",
-                 "gpu_memory_gb", "gpu_capability", "driver", "cudnn", "git_commit", "run_dir")
+                 "torchvision", "torch_cuda_build", "cpu_capability", "cpu_features", "onednn", "mkl",
+                 "torch_threads_default", "gpu_name", "gpu_memory_gb", "gpu_capability", "driver", "cudnn",
+                 "git_commit", "run_dir")
+
+
+def _fact(s: dict, k: str):
+    if k == "cpu_features" and isinstance(s.get(k), dict):
+        return " ".join(f if on else f"no-{f}" for f, on in s[k].items())
+    return s.get(k)
 
 
 def system_markdown(systems: list[dict]) -> str:
-    table = {f"run {i + 1}": {k: s.get(k) for k in SYSTEM_FIELDS} for i, s in enumerate(systems)}
+    table = {f"run {i + 1}": {k: _fact(s, k) for k in SYSTEM_FIELDS} for i, s in enumerate(systems)}
     frame = pd.DataFrame(table)
     frame.index.name = "fact"
     peaks = []
@@ -170,8 +177,10 @@ def scaling_lines(df: pd.DataFrame) -> list[str]:
         f"{', '.join(str(int(n)) for n in sorted(set(dist['nodes'].dropna())))} node(s). The batch size is the "
         "global batch: each process steps on batch / processes images, its slice of the same seeded global "
         "batch a one-process run uses.",
-        "- Global img/s = global batch / the slowest rank's median step time. Every rank runs the same number "
-        "of timed steps, fixed before the loop; per-rank medians are in results.jsonl (`rank_step_ms_median`).",
+        "- Global img/s = global images / the slowest rank's total timed time (bench/measure.py `time_training`: "
+        "every rank runs the same number of timed steps, agreed before each round; the rank whose steps took "
+        "longest in total sets the job's speed). Per-rank median steps are in results.jsonl "
+        "(`rank_step_ms_median`).",
         "- Efficiency = img/s(N) / (N x img/s(1 process)), the 1-process run with the same threads per process "
         "(CPU) or one GPU (CUDA). 'vs 1 proc, same cores' = img/s(N processes) / img/s(one process using all "
         "N x threads cores) on one machine: the number that matters for a fixed machine.",
@@ -185,23 +194,7 @@ def methodology(df: pd.DataFrame, rows: list[dict], systems: list[dict]) -> list
     ok = df[df["status"] == "ok"]
     lines = []
     if not ok.empty:
-        lines.append(f"- Timing (bench/protocol.py): {', '.join(sorted(set(ok['timing_method'].dropna())))} "
-                     "(CPU: `perf_counter` after each step; CUDA: events recorded after each step, read after one "
-                     "synchronize per block). Warm-up runs until two consecutive steps agree within 10% (at least 2 "
-                     "steps, 3 when compiled), is never charged to the time budget, and what it cost beyond steady "
-                     f"steps (compilation, autotuning, first allocations) is `startup_seconds`: "
-                     f"{_span(ok['warmup_steps'])} warm-up steps per configuration. Then the training loop and its "
-                     "compute-only ceiling (the same step on one batch already on the device) run in interleaved "
-                     "rounds, so a change of the machine's load hits both, until each median is known within the "
-                     "target (95% confidence interval, distribution-free) or the budget ends: "
-                     f"{_span(ok['timed_steps'])} timed steps per configuration.")
-        lines.append("- Throughput (the headline) = images / total timed time, every timed step counted (stalls "
-                     "at epoch boundaries or from DataLoader workers included); the median step and its "
-                     f"interquartile range are the stability figures; IQR/median > {NOISY_IQR_RATIO:.0%} is flagged "
-                     "noisy. *of ceiling* = throughput / ceiling throughput: what the input path and loop cost; "
-                     f"above {CEILING_FLAG} it is a measurement problem (flagged, not drawn).")
-        lines.append("- Epoch time is measured end to end (data included) by synchronising before and after; "
-                     "accuracy comes from full test-set evaluation after each epoch.")
+        lines += method.timing_lines(rows) + method.figure_lines() + method.accuracy_lines(df)
         threads = sorted(set(int(t) for t in ok["threads"].dropna()))
         lines.append(f"- CPU threads (torch): {', '.join(map(str, threads))}.")
         data = sorted(set(ok["data"].dropna()))
@@ -231,11 +224,6 @@ def methodology(df: pd.DataFrame, rows: list[dict], systems: list[dict]) -> list
     return lines
 
 
-def _span(values: pd.Series) -> str:
-    lo, hi = int(values.min()), int(values.max())
-    return str(lo) if lo == hi else f"{lo}-{hi}"
-
-
 def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
     lines = []
     ok = df[df["status"] == "ok"]
@@ -257,12 +245,20 @@ def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
         problems = [f for f in parts if not f.startswith("warm-up")]  # MFU > 100%, of ceiling > 1.05
         if problems:
             r = ok.loc[i]
-            lines.append(f"- measurement problem (flagged, left out of figures and headlines): {r.device_key} "
-                         f"{r.model} bs {r.batch_size} {r.precision}: {'; '.join(problems)}")
+            lines.append(f"- measurement problem (flagged: drawn hollow, left out of the lines and headlines): "
+                         f"{r.device_key} {r.model} bs {r.batch_size} {r.precision}: {'; '.join(problems)}")
     if unsettled:
-        lines.append(f"- warm-up reached its bound before two steps agreed within 10% in {unsettled} of {len(ok)} ok "
-                     "rows (a noisy machine, or a small warm-up bound); their timed rounds still ran to at least the "
-                     "minimum steps and the median's target")
+        lines.append(f"- warm-up reached its bound before two steps agreed within {protocol.SETTLE:.0%} in {unsettled} "
+                     f"of {len(ok)} ok rows (in at least one pass: a noisy machine, or a small warm-up bound); their "
+                     "timed rounds still ran to at least the minimum steps and the median's target")
+    spread = ok["pass_spread"].dropna() if "pass_spread" in ok else pd.Series(dtype=float)
+    wide = spread[spread > passes.EXTRA_PASS_SPREAD].sort_values(ascending=False)
+    if not wide.empty:
+        worst = ", ".join(f"{ok.loc[i, 'model']} bs {ok.loc[i, 'batch_size']} {ok.loc[i, 'precision']} "
+                          f"({v:.0%})" for i, v in wide.head(5).items())
+        lines.append(f"- passes disagreed by more than {passes.EXTRA_PASS_SPREAD:.0%} (fastest / slowest pass) in "
+                     f"{len(wide)} of {len(spread)} rows measured in passes; widest: {worst}. Their intervals are "
+                     "wide accordingly.")
     older = ok[(ok["mfu"].fillna(0) > 1) & (flags == "")]  # rows from before flags existed
     if not older.empty:
         lines.append(f"- MFU above 100% in {len(older)} rows (up to {older['mfu'].max():.0%}): the matmul peak was "
@@ -281,21 +277,56 @@ def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
             if pk.get("change") is not None and abs(pk["change"]) > DRIFT_WARN:
                 lines.append(f"- the {pk['device']} {pk['precision']} matmul peak moved {pk['change']:+.0%} between "
                              "the probes before and after the sweep: MFU figures carry that uncertainty")
+    lines += not_run_lines(systems)
     for status in ("oom", "skipped", "diverged", "failed"):
         for r in df[df["status"] == status].itertuples():
             lines.append(f"- {status}: {r.device_key} {r.model} bs {r.batch_size} {r.precision}: {r.reason}")
     return lines
 
 
+def not_run_lines(systems: Sequence[dict]) -> list[str]:
+    """What a run folder's sweep.json planned that its results lack (a sweep cut short by a
+    stage limit, Ctrl-C or a crash): configurations without a row, and passes not measured."""
+    import json
+
+    from bench.config import RunConfig
+    from bench.passes import is_grid
+    from bench.results import ResultsStore, row_key
+
+    lines = []
+    for i, s in enumerate(systems):
+        folder = Path(s.get("run_dir") or "")
+        try:
+            planned = [RunConfig.from_dict(d) for d in json.loads((folder / "sweep.json").read_text())]
+        except (OSError, ValueError, TypeError):
+            continue
+        rows = {row_key(r): r for r in ResultsStore(folder).load(warn=lambda m: None)}
+        missing = [c for c in planned if c.key() not in rows]
+        short = [c for c in planned if c.key() in rows and is_grid(c) and rows[c.key()].get("status") == "ok"
+                 and rows[c.key()].get("pass_results") is not None
+                 and (rows[c.key()].get("passes_run") or 0) < c.passes]
+        if missing:
+            shown = "; ".join(c.label() for c in missing[:8]) + (f"; and {len(missing) - 8} more"
+                                                                 if len(missing) > 8 else "")
+            lines.append(f"- not run: {len(missing)} of {len(planned)} configurations that run {i + 1}'s sweep.json "
+                         f"planned have no result (the sweep was cut short; `cifar-bench run --out {folder} --resume` "
+                         f"runs them): {shown}")
+        if short:
+            lines.append(f"- {len(short)} configurations of run {i + 1} have fewer passes than planned (the sweep was "
+                         "cut short, or a later pass failed): their intervals rest on fewer passes")
+    return lines
+
+
 def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None, alpha: float = 0.05,
                  prices: dict[str, float] | None = None) -> str:
     """The headline table and the verdicts, for a terminal (the same check as `equivalence`)."""
-    df, _, _ = load_runs(run_dirs, warn)
+    df, _, systems = load_runs(run_dirs, warn)
     if df.empty:
         return "(no results)"
     tp = throughput(df)
     eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
-    text = to_markdown(headline(df, tp, eq))
+    lead = accuracy_report.lead_lines(eq, systems)
+    text = "".join(f"{line.replace('**', '')}\n\n" for line in lead) + to_markdown(headline(df, tp, eq))
     tta = tta_table(df)
     for model in models_in(df):
         s = speedups(tp, model)
@@ -322,11 +353,14 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         (out / "report.md").write_text(text)
         return out / "report.md"
     tp = throughput(df)
+    hollow = flagged_points(df)
     colours = device_colours(df)
     eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
     figures = {
         "Training throughput": _lines_vs_batch(tp, colours, "images_per_s", "training throughput (images/s)",
-                                               "Training throughput vs batch size", out, "throughput.png"),
+                                               "Training throughput vs batch size (bars: each row's interval for "
+                                               "a repeat run; hollow: flagged)", out, "throughput.png",
+                                               flagged=hollow),
         "GPU/CPU speedup": fig_speedup(tp, colours, out),
         "Epoch time": fig_epoch_time(df, tp, colours, out),
         "Test accuracy per epoch": fig_accuracy(df, colours, out),
@@ -335,12 +369,12 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
                                        "started from; the resident dataset apart)",
                                        out, "memory.png"),
         "Model FLOP utilisation": _lines_vs_batch(tp, colours, "mfu", "MFU (of measured matmul peak)",
-                                                  "MFU vs batch size", out, "mfu.png"),
+                                                  "MFU vs batch size", out, "mfu.png", flagged=hollow),
         "Input pipeline": fig_data_paths(df, colours, out),
         "Fraction of the compute-only ceiling": _lines_vs_batch(
             tp, colours, "fraction_of_ceiling", "training throughput / compute-only ceiling",
             "The harness loop against the same step on a batch already on the device", out, "ceiling.png",
-            logy=False),
+            logy=False, flagged=hollow),
     }
     from bench.scaling import fig_scaling, scaling_markdown, scaling_table  # scale-out runs, when present
 
@@ -355,7 +389,8 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         "",
         "## Summary",
         "",
-        *[f"- {line}" for line in breakeven.summary_lines(df, tp) + summary_lines(df, tp, eq)],
+        *[f"- {line}" for line in accuracy_report.lead_lines(eq, systems) + breakeven.summary_lines(df, tp)
+          + summary_lines(df, tp, eq)],
         "",
         to_markdown(headline(df, tp, eq)),
         "",
@@ -381,23 +416,7 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     if not scaling.empty:
         parts += ["## Scaling out (data parallel)", "", f"![Scaling]({fig_scaling(df, out)})", "",
                   *scaling_lines(df), "", scaling_markdown(scaling), ""]
-    parts += ["## Accuracy equivalence", ""]
-    if eq.empty:
-        parts += ["No pairs to compare (accuracy runs with a CPU or CUDA fp32 reference are needed).", ""]
-    else:
-        spread = eq.dropna(subset=["ref_acc_sd_all_seeds"])
-        parts += [f"Margin +-{margin_pp:g} percentage points; each candidate is compared with its reference seed by "
-                  "seed (same initial weights, same batches); agreement and McNemar's exact test from per-example "
-                  "predictions.", "", *[f"- {line}" for line in explanation(margin_pp, alpha)], ""]
-        if not spread.empty:
-            parts += ["Seed-to-seed spread of the reference (sd over its seeds): "
-                      + "; ".join(f"{r.model} bs {r.batch_size} {r.reference}: {r.ref_acc_sd_all_seeds:.2f} pp over "
-                                  f"{r.ref_seeds} seeds"
-                                  for r in spread.drop_duplicates(["model", "batch_size", "reference"]).itertuples())
-                      + ". A margin far below this spread cannot be shown with few seeds.", ""]
-        parts += [verdict_table(eq), ""]
-        parts += [f"- {r.model} bs {r.batch_size}, {r.candidate} vs {r.reference}: **{r.verdict}**: {r.reason}"
-                  for r in eq.itertuples()] + [""]
+    parts += accuracy_report.section(eq, margin_pp, alpha, systems)
     parts += ["## Methodology", "", *methodology(df, rows, systems), ""]
     warn_lines = warnings_lines(df, systems)
     none = "None: no noisy, skipped, OOM, diverged or failed configurations."

@@ -33,6 +33,11 @@ def cpu_run(tmp_path_factory):
                for m in ("tutorial-w1", "tutorial-w2") for bs in (4, 16)]
     rows = Runner(folder, data_kind="synthetic", log=lambda m: None, progress=False, probe_seconds=0.02).run(configs)
     assert [r["status"] for r in rows] == ["ok"] * 4
+    # The map is under test, not the machine: a real row that a loaded machine got flagged
+    # (of ceiling > 1.05, MFU > 100%) would leave the map whole, so the flags' inputs go.
+    cleaned = [{**r, "fraction_of_ceiling": None, "mfu": None, "flags": None}
+               for r in read_jsonl(folder / "results.jsonl")]
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cleaned))
     return folder
 
 

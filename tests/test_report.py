@@ -17,6 +17,9 @@ SERVER = {"host": "server", "cpu_model": "Server CPU", "torch": "2.11.0", "cuda_
                      "tflops": 700.0}]}
 
 
+PEAK = {"cpu": 0.2, "cuda": 700.0}  # TFLOP/s, as the systems above say
+
+
 def row(host, device, device_name, model, bs, precision, ips, status="ok", reason=None, **kw):
     r = dict.fromkeys(COLUMNS)
     r.update(device=device, device_name=device_name, host=host, model=model, batch_size=bs, precision=precision,
@@ -27,7 +30,8 @@ def row(host, device, device_name, model, bs, precision, ips, status="ok", reaso
         r.update(train_images_per_s=ips, step_ms_median=1e3 * step, step_ms_iqr=1e3 * step * 0.04, noisy=False,
                  timed_steps=20, warmup_steps=3, warmup_seconds=0.1, timing_method="perf_counter"
                  if device == "cpu" else "cuda_event", eval_images_per_s=3 * ips, flops_per_image=4e6,
-                 achieved_tflops=4e6 * ips / 1e12, peak_tflops=0.2, mfu=4e6 * ips / 1e12 / 0.2,
+                 achieved_tflops=4e6 * ips / 1e12, peak_tflops=PEAK[device],
+                 mfu=4e6 * ips / 1e12 / PEAK[device],
                  peak_memory_mb=100 + bs, memory_kind="cpu_peak_rss")
     r.update(kw)
     return r

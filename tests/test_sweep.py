@@ -117,9 +117,9 @@ def test_an_mfu_over_100_percent_is_flagged_never_a_headline(tmp_path, monkeypat
     assert rows[0]["mfu"] > 1 and "MFU" in rows[0]["flags"]
     from bench.report import write_report
     text = write_report([tmp_path / "run"], tmp_path / "report").read_text()
-    assert "measurement problem (flagged, left out of figures and headlines)" in text
-    headline = text.split("## Summary")[1].split("##")[0]
-    assert "MFU (of measured matmul peak)" in headline and "%" not in headline.split("MFU (of measured")[1][:60]
+    assert "measurement problem (flagged: drawn hollow, left out of the lines and headlines)" in text
+    assert "no successful measurements" in text.split("## Summary")[1].split("##")[0]  # the row left whole
+    assert "![Training throughput](throughput.png)" in text  # where the row is drawn hollow
 
 
 def test_peaks_and_the_drift_reference_are_recorded_before_and_after(tmp_path):
