@@ -30,6 +30,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU features that decide reduced-precision arithmetic and speed: native bf16 dot products
+# (avx512_bf16, AMX) make bf16 fast and change how it rounds; without them oneDNN emulates it.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
+
+
+def cpu_features(cpuinfo: str | None = None) -> dict[str, bool] | None:
+    """{feature: present} from /proc/cpuinfo's flags (None where it cannot be read)."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return None if flags is None else {f: f in flags for f in CPU_FEATURES}
+
+
+def math_libraries(config: str | None = None) -> dict[str, str | None]:
+    """oneDNN (MKL-DNN) and MKL versions torch was built with, from torch.__config__.show()."""
+    import re
+
+    text = config if config is not None else torch.__config__.show()
+    onednn = re.search(r"MKL-DNN v([\w.]+)", text)
+    mkl = re.search(r"Math Kernel Library Version ([\w.-]+)", text)
+    return {"onednn": onednn.group(1) if onednn else None, "mkl": mkl.group(1) if mkl else None}
+
+
 def git_commit(repo: Path | None = None) -> str | None:
     repo = repo or Path(__file__).resolve().parent.parent
     try:
@@ -89,6 +114,8 @@ def system_info() -> dict:
         "torch_threads_default": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "cpu_features": cpu_features(),
+        **math_libraries(),
         **cuda_facts(),
         "git_commit": git_commit(),
     }
