@@ -51,19 +51,24 @@ lint: $(STAMP)
 
 # The standard sweep, its report and its accuracy verdicts (CPU: under 10 minutes on a
 # 2-core laptop; CUDA: the GPU sweep plus the CPU reference runs the accuracy check needs).
-# The report is written whenever the sweep saved results: a configuration that failed
-# (run exits 1) or a pair that is not equivalent (equivalence exits 3) is said last, and
-# the command's exit status is the larger of the two.
+# The report is written whenever the sweep saved results. An accuracy verdict is a finding,
+# not a failure of the job: it leads the report's summary and is printed last, and the
+# command exits 0 when the sweep and report finished. GATE=1 makes a pair that is not
+# equivalent fail the command (exit 3, as `cifar-bench equivalence` does). A configuration
+# that failed (a harness or machine error, not a result) exits 1 after the report is written.
+GATE ?=
 define BENCH_STANDARD
 	@run=$(RUNS)/$(HOST)-$(1)-$(STAMP_TIME); \
 	$(BIN)/cifar-bench run --preset standard --devices $(1) --out $$run $(ARGS); rc=$$?; \
 	[ $$rc -le 1 ] || exit $$rc; \
 	$(BIN)/cifar-bench report $$run || exit $$?; \
-	$(BIN)/cifar-bench equivalence $$run; eq=$$?; \
 	echo "report: $$run/report.md"; \
 	[ $$rc -eq 0 ] || echo "a configuration failed: see $$run/errors.log; --resume --out $$run runs it again"; \
-	[ $$eq -eq 0 ] || echo "equivalence exit $$eq (3: a pair is not equivalent, 1: an error)"; \
-	exit $$(( rc > eq ? rc : eq ))
+	$(BIN)/cifar-bench equivalence $$run > $$run/equivalence.txt; eq=$$?; \
+	grep -E '^(- |equivalence: )' $$run/equivalence.txt | grep -v '^  '; \
+	case $$eq in 0|3) ;; *) echo "equivalence: error (exit $$eq; see $$run/equivalence.txt)"; exit $$eq;; esac; \
+	[ -z "$(GATE)" ] || [ $$eq -eq 0 ] || { echo "GATE=1: a pair is not equivalent (exit 3)"; exit 3; }; \
+	exit $$rc
 endef
 
 bench-cpu: $(STAMP)
