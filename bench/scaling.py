@@ -39,7 +39,8 @@ def scaling_table(df: pd.DataFrame) -> pd.DataFrame:
     need = {*SCALING_KEYS, "world_size", "threads", "train_images_per_s"}
     if df.empty or not need <= set(df.columns):
         return pd.DataFrame()
-    ok = df[(df["status"] == "ok") & (df["data_path"] == "device") & (df["epochs"].fillna(0) == 0)
+    epochs = df["epochs"].fillna(0) if "epochs" in df else 0  # the throughput grid only
+    ok = df[(df["status"] == "ok") & (df["data_path"] == "device") & (epochs == 0)
             & df["train_images_per_s"].notna()].copy()
     ok["world_size"] = ok["world_size"].fillna(1).astype(int)
     ok["nodes"] = ok["nodes"].fillna(1).astype(int) if "nodes" in ok else 1

@@ -251,11 +251,15 @@ def test_nproc_2_runs_ddp_on_gloo_writes_results_once_and_matches_one_process(tm
                               *TINY, "--out", str(out)]))
     assert rc == 0, log[-3000:]
     assert "--nproc-per-node 2 --standalone -m bench run" in log
-    assert log.count("[1/2]") == 1 and log.count("[2/2]") == 1  # rank 0 reports; rank 1 is quiet
+    # accuracy runs first, then the throughput grid: 4 visits, each said once by rank 0 (rank 1 is quiet)
+    assert all(log.count(f"[{i}/4]") == 1 for i in range(1, 5))
     rows = read_jsonl(out / "results.jsonl")
-    assert [(r["batch_size"], r["status"]) for r in rows] == [(32, "ok"), (33, "skipped")]  # one row each
-    assert "33 does not divide among 2 processes" in rows[1]["reason"]
-    r = rows[0]
+    grid = [r for r in rows if r["epochs"] == 0]
+    accuracy = [r for r in rows if r["epochs"] == 1]
+    for kind in (grid, accuracy):  # one row each
+        assert [(r["batch_size"], r["status"]) for r in kind] == [(32, "ok"), (33, "skipped")]
+        assert "33 does not divide among 2 processes" in kind[1]["reason"]
+    r = grid[0]
     assert (r["world_size"], r["backend"], r["nodes"], r["threads"]) == (2, "gloo", 1, 1)
     # the job is as fast as its slowest rank: the headline is its images over its total timed time
     assert len(r["rank_step_ms_median"]) == 2
@@ -263,17 +267,19 @@ def test_nproc_2_runs_ddp_on_gloo_writes_results_once_and_matches_one_process(tm
     assert r["train_images_per_s"] == pytest.approx(32 * r["timed_steps"] / sum(r["step_samples_s"]))
     assert 0 <= r["comm_share"] <= 1 and r["step_ms_no_sync"] > 0
     assert r["timed_steps"] == len(r["step_samples_s"]) >= 3 and r["warmup_steps"] >= 2
-    assert 0 <= r["test_accuracy"] <= 1
+    acc = accuracy[0]
+    assert 0 <= acc["test_accuracy"] <= 1 and acc["train_images_per_s"] is None
     # only rank 0 wrote, once: nothing else in the folder, one predictions file
     assert {p.name for p in out.iterdir()} == {".lock", "results.jsonl", "results.csv", "sweep.json", "system.json",
                                                 "predictions"}
-    assert [p.name for p in (out / "predictions").iterdir()] == [f"{r['config_id']}.npz"]
-    assert len((out / "results.csv").read_text().strip().splitlines()) == 3
+    assert [p.name for p in (out / "predictions").iterdir()] == [f"{acc['config_id']}.npz"]
+    assert len((out / "results.csv").read_text().strip().splitlines()) == 5
 
-    # the same configuration in one process: the equivalence check pairs it with the 2-process run
+    # the same configurations in one process: the equivalence check pairs the accuracy runs,
+    # the scaling table the throughput rows
     one = tmp_path / "x1"
     Runner(one, data_kind="synthetic", log=lambda m: None, progress=False, probe_seconds=0.02).run(
-        [RunConfig.from_dict(r["config"])])
+        [RunConfig.from_dict(acc["config"]), RunConfig.from_dict(r["config"])])
     table = equivalence_table([one, out])
     assert list(table["candidate"].str.contains("x2")) == [True]
     # Same weights, same global batches, gradients averaged over equal shards: the tutorial Net
@@ -297,7 +303,7 @@ def test_two_nodes_on_loopback_complete_and_only_node_0_writes(tmp_path):
     for rc, log in results:
         assert rc == 0, log[-3000:]
     rows = read_jsonl(node_out[0] / "results.jsonl")
-    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}  # its accuracy run and throughput row
     assert (rows[0]["world_size"], rows[0]["nodes"], rows[0]["backend"]) == (2, 2, "gloo")
     assert not node_out[1].exists()  # node 1's rank wrote nothing, not even its --out folder
 

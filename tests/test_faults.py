@@ -204,8 +204,9 @@ def test_report_over_failed_configurations_builds_and_says_so(tmp_path, monkeypa
     inject_oom(monkeypatch, 32)
     configs = [tiny(), tiny(precision="fp16"), tiny(lr=1e5, epochs=1, batch_size=8), tiny(batch_size=32)]
     Runner(out, data_kind="synthetic", log=lambda m: None, progress=False, probe_seconds=0.02).run(configs)
-    statuses = [r["status"] for r in read_jsonl(out / "results.jsonl")]
-    assert statuses == ["ok", "skipped", "diverged", "oom"]
+    statuses = {(r["batch_size"], r["precision"], r["epochs"]): r["status"] for r in read_jsonl(out / "results.jsonl")}
+    assert statuses == {(16, "fp32", 0): "ok", (16, "fp16", 0): "skipped", (8, "fp32", 1): "diverged",
+                        (32, "fp32", 0): "oom"}
     text = write_report([out]).read_text()
     warnings = text.split("## Warnings")[1].split("## ")[0]
     for status in ("skipped", "diverged", "oom"):

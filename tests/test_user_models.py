@@ -63,8 +63,10 @@ def test_a_user_model_from_a_file_runs_through_sweep_report_and_equivalence(tmp_
                  "--epochs", "1", "--data", "synthetic", "--train-size", "256", "--test-size", "64", "--threads", "1",
                  "--max-config-seconds", "600", "--out", str(out), "--no-progress"]) == 0
     frame = pd.read_csv(out / "results.csv")
-    assert list(frame["model"]) == [model, model] and list(frame["status"]) == ["ok", "ok"]
-    assert (frame["flops_per_image"] > 0).all() and frame["test_accuracy"].notna().all()
+    assert list(frame["model"]) == [model] * 4 and list(frame["status"]) == ["ok"] * 4  # 2 accuracy runs, 2 grid
+    assert (frame["flops_per_image"] > 0).all()
+    assert frame.loc[frame["epochs"] == 1, "test_accuracy"].notna().all()
+    assert frame.loc[frame["epochs"] == 0, "train_images_per_s"].notna().all()
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert f"**{model}**" in report
