@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import cnn.data
+import cnn.data.cifar10
 
 pytest_plugins = ("benchconfig",)  # pytest-benchmark settings: per-device storage, measure when asked
 
@@ -22,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """`pytest` must never download: the download host is unreachable in every test."""
-    monkeypatch.setattr(cnn.data, "_reachable", lambda url, timeout: False)
+    monkeypatch.setattr(cnn.data.cifar10, "_reachable", lambda url, timeout: False)
 
 
 @pytest.fixture(scope="session")

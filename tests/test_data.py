@@ -12,6 +12,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import cnn.data as D
+import cnn.data.batches as B
+import cnn.data.cifar10 as C
 from cnn.data import (
     CLASSES,
     DataError,
@@ -37,7 +39,7 @@ class Py2StylePickler(pickle.Pickler):
             return fn, (cls, shape, code.decode("latin1")), (*state[:4], state[4].decode("latin1"))
         return NotImplemented
 
-REAL_REACHABLE = D._reachable  # before the autouse fixture replaces it
+REAL_REACHABLE = C._reachable  # before the autouse fixture replaces it
 
 
 def py2_pickle(obj) -> bytes:
@@ -131,7 +133,7 @@ def test_malformed_batches_are_refused(tmp_path, data, labels, message):
     path = tmp_path / "data_batch_1"
     write_batch(path, len(labels), np.random.default_rng(0), data=data, labels=labels)
     with pytest.raises(DataError, match=message):
-        D._batch_arrays(read_batch_file(path), path)
+        C._batch_arrays(read_batch_file(path), path)
 
 
 def test_download_offline_is_refused_and_leaves_nothing(tmp_path):
@@ -143,14 +145,14 @@ def test_download_offline_is_refused_and_leaves_nothing(tmp_path):
 def test_a_connection_that_hangs_gives_up_at_the_timeout(monkeypatch):
     # The real reachability check (not the autouse stub), against a connection attempt that
     # never returns, as name resolution can on a machine without network.
-    monkeypatch.setattr(D, "_reachable", REAL_REACHABLE)
+    monkeypatch.setattr(C, "_reachable", REAL_REACHABLE)
     release = threading.Event()
 
     def hang(*args, **kwargs):
         release.wait(60)
         raise OSError("a connection that never came")
 
-    monkeypatch.setattr(D.socket, "create_connection", hang)
+    monkeypatch.setattr(C.socket, "create_connection", hang)
     start = time.perf_counter()
     try:
         assert REAL_REACHABLE("https://www.cs.toronto.edu/x", timeout=0.2) is False
@@ -160,7 +162,7 @@ def test_a_connection_that_hangs_gives_up_at_the_timeout(monkeypatch):
 
 
 def test_a_partial_download_never_passes_for_a_dataset(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_reachable", lambda url, timeout: True)
+    monkeypatch.setattr(C, "_reachable", lambda url, timeout: True)
 
     def partial(url, root, filename=None, md5=None, **kw):
         (tmp_path / "x").write_text("")  # the download writes part of a file, then fails the md5 check
@@ -348,7 +350,7 @@ def test_the_copy_detectors_see_host_to_device_copies():
 
 def reference_hash32(i: int, seed: int, epoch: int, stream: str) -> int:
     """The plan's hash in plain Python integers, written from the published lowbias32."""
-    a, b = D._salts(seed, epoch, stream)
+    a, b = B._salts(seed, epoch, stream)
 
     def mix(x):
         x ^= x >> 16
