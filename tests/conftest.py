@@ -20,9 +20,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_downloads_anywhere():
+    """`pytest` must never download, in this process or in any process a test starts (they
+    inherit the environment): cnn.data refuses every download while this variable is set."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(cnn.data.NO_DOWNLOAD_ENV, "1")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """`pytest` must never download: the download host is unreachable in every test."""
+    """And in this process the download host is unreachable as well, for tests that lift the
+    variable to reach the code behind it."""
     monkeypatch.setattr(cnn.data.cifar10, "_reachable", lambda url, timeout: False)
 
 

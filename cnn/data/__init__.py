@@ -17,6 +17,7 @@ from cnn.data.cifar10 import (
     CIFAR10_MD5,
     CIFAR10_TGZ_MD5,
     CIFAR10_URL,
+    NO_DOWNLOAD_ENV,
     REMEDY,
     TEST_FILES,
     TRAIN_FILES,
@@ -74,7 +75,7 @@ def get_dataset(
 
 __all__ = [
     "CIFAR10_FOLDER", "CIFAR10_MD5", "CIFAR10_TGZ_MD5", "CIFAR10_URL", "CLASSES", "DATA_KINDS", "MEAN",
-    "REMEDY", "STD", "SYNTH_CLUTTER", "SYNTH_DISTRACTOR", "SYNTH_LABEL_NOISE", "SYNTH_NOISE",
+    "NO_DOWNLOAD_ENV", "REMEDY", "STD", "SYNTH_CLUTTER", "SYNTH_DISTRACTOR", "SYNTH_LABEL_NOISE", "SYNTH_NOISE",
     "SYNTH_SHIFT", "TEST_FILES", "TRAIN_FILES", "Cifar10Arrays", "DataError", "DeviceBatches", "bad_file",
     "classic_dataset", "classic_loader", "download_cifar10", "epoch_plan", "find_cifar10_folder", "get_dataset",
     "load_cifar10", "md5sum", "read_batch_file", "synthetic_cifar10", "verify_cifar10",

@@ -35,6 +35,9 @@ CIFAR10_MD5 = {
 }
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
+# Set (to anything but "" or "0") to refuse every download: the test suite sets it for itself
+# and every process it starts, and an air-gapped server can set it to fail fast.
+NO_DOWNLOAD_ENV = "CIFAR_BENCH_NO_DOWNLOAD"
 
 REMEDY = ("Remedy: delete the folder and fetch CIFAR-10 again (--data cifar10 with network access, or the "
           "official cifar-10-python.tar.gz extracted into --data-dir), or run with --data synthetic.")
@@ -193,6 +196,9 @@ def download_cifar10(root: Path, url: str = CIFAR10_URL, timeout: float = 5.0) -
     from torchvision.datasets.utils import download_url
 
     root = Path(root)
+    if os.environ.get(NO_DOWNLOAD_ENV, "") not in ("", "0"):
+        raise DataError(f"downloading is off ({NO_DOWNLOAD_ENV} is set); "
+                        f"put the extracted {CIFAR10_FOLDER} folder under {root} or use --data synthetic")
     if not _reachable(url, timeout):
         raise DataError(f"cannot reach {urlparse(url).hostname} within {timeout:g} s; "
                         f"put the extracted {CIFAR10_FOLDER} folder under {root} or use --data synthetic")
