@@ -101,7 +101,7 @@ def measure_variants(b: Bench, variants: tuple[str, ...], policy: protocol.Polic
 
 def mark_cost(device: torch.device, calls: int = 20_000) -> float:
     """Seconds per StepTimer.mark() (the harness's per-step instrumentation)."""
-    timer = timing.StepTimer(device, calls, calls, float("inf"))
+    timer = timing.StepTimer(device, calls)
     with timing.Stopwatch(device) as sw:
         timer.start()
         for _ in range(calls):

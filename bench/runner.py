@@ -30,12 +30,7 @@ import torch
 from bench import measure, protocol, resources, system, timing
 from bench.config import RunConfig, is_reference
 from bench.distributed import Distributed, RankFailed
-from bench.measure import cpu_threads, cudnn_benchmark  # noqa: F401 (re-exported)
-from bench.resources import (
-    ResourceMonitor,
-    is_oom,  # noqa: F401 (re-exported)
-    release_memory,
-)
+from bench.resources import ResourceMonitor, release_memory
 from bench.results import COLUMNS
 from bench.runfolder import RunFolder, RunFolderError
 from cnn.data import Cifar10Arrays, DataError, get_dataset
