@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from bench import protocol, system, timing
-from bench.measure import cudnn_benchmark
+from bench.measure import cudnn_benchmark, endless_batches
 from cnn.data import DeviceBatches
 from cnn.train import evaluate, make_trainer, matmul_precision, unsupported_reason
 
@@ -71,11 +71,6 @@ def case_trainer(device: str, model: str, batch_size: int, precision: str):
         yield trainer
 
 
-def endless(batches: DeviceBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for epoch in itertools.count():
-        yield from batches.epoch(epoch)
-
-
 def measure(benchmark, config: pytest.Config, step: Callable, batches: Iterator, device: str, group: str):
     """Time `step(x, y)` with benchmark.pedantic, a fresh batch per round; returns the last result.
     Warm-up is the harness's (bench/protocol.py: until two steps agree within 10%, at least 2),
@@ -120,7 +115,7 @@ def record(benchmark, kind: str, device: str, model: str, batch_size: int, preci
 def test_train_step(benchmark, pytestconfig, small_data, device, model, batch_size, precision):
     with case_trainer(device, model, batch_size, precision) as trainer:
         data = DeviceBatches(small_data.train_x, small_data.train_y, batch_size, device, seed=0)
-        loss = measure(benchmark, pytestconfig, trainer.step, endless(data), device,
+        loss = measure(benchmark, pytestconfig, trainer.step, endless_batches(data.epoch), device,
                        f"{device} {model} train batch {batch_size}")
     assert torch.isfinite(loss)  # the timing of a diverged step means nothing
     record(benchmark, "train", device, model, batch_size, precision, system.training_flops_per_image)
@@ -130,10 +125,11 @@ def test_train_step(benchmark, pytestconfig, small_data, device, model, batch_si
 def test_eval_batch(benchmark, pytestconfig, small_data, device, model, batch_size, precision):
     with case_trainer(device, model, batch_size, precision) as trainer:
         data = DeviceBatches(small_data.test_x, small_data.test_y, batch_size, device, seed=0)
-        result = measure(benchmark, pytestconfig, lambda x, y: evaluate(trainer, [(x, y)]), endless(data), device,
-                         f"{device} {model} eval batch {batch_size}")
+        result = measure(benchmark, pytestconfig, lambda x, y: evaluate(trainer, [(x, y)]),
+                         endless_batches(data.epoch), device, f"{device} {model} eval batch {batch_size}")
     assert len(result.predictions) == batch_size and 0.0 <= result.accuracy <= 1.0
     record(benchmark, "eval", device, model, batch_size, precision, system.inference_flops_per_image)
+
 
 @pytest.mark.parametrize("step,expected", [
     (0.1, 10),    # 1 s / 0.1 s
