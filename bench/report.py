@@ -14,9 +14,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display needed
 import pandas as pd  # noqa: E402
 
 from bench import breakeven, cost  # noqa: E402

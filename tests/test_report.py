@@ -1,5 +1,10 @@
 import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -139,3 +144,29 @@ def test_a_cpu_and_a_gpu_run_with_no_batch_size_in_common(tmp_path):
     text = write_report([cpu, gpu], tmp_path / "r").read_text()
     assert "GPU/CPU speedup **30.0x**" in text
     assert "No batch size was measured on both devices" in text and "not measured on both" in text
+
+
+HEADLESS = textwrap.dedent("""
+    import sys
+    from bench.report import write_report
+    write_report(sys.argv[1:3], sys.argv[3])
+    print("pyplot imported" if "matplotlib.pyplot" in sys.modules else "no pyplot")
+""")
+
+
+def test_a_report_is_written_without_a_display(runs, tmp_path):
+    """In a fresh process whose matplotlib backend would need a display (and with none), the
+    report still draws every figure: they are made outside pyplot, so no backend is chosen."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(MPLBACKEND="TkAgg", PYTHONPATH=str(root))
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-c", HEADLESS, *map(str, runs), str(out)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "no pyplot"
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (out / "report.md").read_text())
+    assert {"throughput.png", "speedup.png"} <= set(links)
+    for name in links:  # figures, figures.py's and breakeven's, all drawn
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size[0] > 100, name
