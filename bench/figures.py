@@ -63,8 +63,8 @@ def _batch_axis(ax, batch_sizes) -> None:
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
-def _lines_vs_batch(tp: pd.DataFrame, colours: dict, value: str, ylabel: str, title: str, out: Path,
-                    name: str, logy: bool = True, models: list[str] | None = None) -> str | None:
+def lines_vs_batch(tp: pd.DataFrame, colours: dict, value: str, ylabel: str, title: str, out: Path,
+                   name: str, logy: bool = True, models: list[str] | None = None) -> str | None:
     models = models or models_in(tp)
     if tp.empty or tp[value].dropna().empty:
         return None

@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 
 from bench import breakeven, cost  # noqa: E402
 from bench.equivalence import equivalence_table, explanation, verdict_table  # noqa: E402
-from bench.figures import _lines_vs_batch, fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup  # noqa: E402
+from bench.figures import fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup, lines_vs_batch  # noqa: E402
 from bench.frames import (  # noqa: E402
     amp_gain,
     device_colours,
@@ -322,19 +322,19 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     colours = device_colours(df)
     eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
     figures = {
-        "Training throughput": _lines_vs_batch(tp, colours, "images_per_s", "training throughput (images/s)",
-                                               "Training throughput vs batch size", out, "throughput.png"),
+        "Training throughput": lines_vs_batch(tp, colours, "images_per_s", "training throughput (images/s)",
+                                              "Training throughput vs batch size", out, "throughput.png"),
         "GPU/CPU speedup": fig_speedup(tp, colours, out),
         "Epoch time": fig_epoch_time(df, tp, colours, out),
         "Test accuracy per epoch": fig_accuracy(df, colours, out),
-        "Peak memory": _lines_vs_batch(tp, colours, "peak_memory_mb", "peak memory (MB)",
-                                       "Peak memory vs batch size (each configuration's own peak over what it "
-                                       "started from; the resident dataset apart)",
-                                       out, "memory.png"),
-        "Model FLOP utilisation": _lines_vs_batch(tp, colours, "mfu", "MFU (of measured matmul peak)",
-                                                  "MFU vs batch size", out, "mfu.png"),
+        "Peak memory": lines_vs_batch(tp, colours, "peak_memory_mb", "peak memory (MB)",
+                                      "Peak memory vs batch size (each configuration's own peak over what it "
+                                      "started from; the resident dataset apart)",
+                                      out, "memory.png"),
+        "Model FLOP utilisation": lines_vs_batch(tp, colours, "mfu", "MFU (of measured matmul peak)",
+                                                 "MFU vs batch size", out, "mfu.png"),
         "Input pipeline": fig_data_paths(df, colours, out),
-        "Fraction of the compute-only ceiling": _lines_vs_batch(
+        "Fraction of the compute-only ceiling": lines_vs_batch(
             tp, colours, "fraction_of_ceiling", "training throughput / compute-only ceiling",
             "The harness loop against the same step on a batch already on the device", out, "ceiling.png",
             logy=False),
