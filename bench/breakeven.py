@@ -18,10 +18,11 @@ import math
 from pathlib import Path
 
 import matplotlib.colors
-import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
+from bench.figures import new_figure, save_figure
 from cnn.models import FAMILY
 
 SATURATION = 0.9  # "saturated": within 10% of the best FLOP/s the device reached
@@ -239,7 +240,7 @@ def fig_speedup_map(df: pd.DataFrame, tp: pd.DataFrame, out: Path, name: str = "
     if not pairs:
         return None
     models = grid_models(mf)
-    fig, axes = plt.subplots(1, len(pairs), figsize=(max(7.5 * len(pairs), 9.0), 5.5), squeeze=False)
+    fig, axes = new_figure(1, len(pairs), (max(7.5 * len(pairs), 9.0), 5.5))
     for ax, (cpu, gpu) in zip(axes[0], pairs):
         pts = speedup_points(mf, cpu, gpu)
         pts["log2_speedup"] = np.log2(pts["speedup"])
@@ -264,10 +265,7 @@ def fig_speedup_map(df: pd.DataFrame, tp: pd.DataFrame, out: Path, name: str = "
         ax.set_title(f"{gpu}\nvs {cpu}", fontsize=9)
     fig.suptitle("Break-even map: GPU/CPU training speedup, each device at its best precision "
                  "(black line: speedup = 1)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(fig, out, name)
 
 
 def fig_device_map(df: pd.DataFrame, tp: pd.DataFrame, out: Path, name: str = "size_map.png") -> str | None:
@@ -277,7 +275,7 @@ def fig_device_map(df: pd.DataFrame, tp: pd.DataFrame, out: Path, name: str = "s
         return None
     models = grid_models(mf)
     keys = sorted(mf["device_key"].unique())
-    fig, axes = plt.subplots(len(keys), 2, figsize=(15.0, 5.0 * len(keys)), squeeze=False)
+    fig, axes = new_figure(len(keys), 2, (15.0, 5.0 * len(keys)))
     for row, key in zip(axes, keys):
         d = mf[mf["device_key"] == key]
         for ax, value, label, cmap, fmt in (
@@ -297,10 +295,7 @@ def fig_device_map(df: pd.DataFrame, tp: pd.DataFrame, out: Path, name: str = "s
             fig.colorbar(mesh, ax=ax).set_label(label)
             ax.set_title(f"{key}: {label}", fontsize=9)
     fig.suptitle("Model size x batch size: where the device saturates (throughput and MFU per cell)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
+    return save_figure(fig, out, name)
 
 
 def speedup_table(df: pd.DataFrame, tp: pd.DataFrame) -> pd.DataFrame:

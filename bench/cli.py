@@ -19,14 +19,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.cli_run import _check_devices, cmd_run
+from bench.cli_run import check_devices, cmd_run
 from bench.cliargs import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     UsageError,
-    _add_price_flags,
-    _prices,
+    add_price_flags,
     alpha_level,
     choice_list,
     comma_list,
@@ -40,6 +39,7 @@ from bench.cliargs import (
     port,
     positive_float,
     positive_int,
+    prices_from_args,
     validate_user_models,
 )
 
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=None, help="report folder (default: the first RUN_DIR)")
     report.add_argument("--margin", type=positive_float, default=1.0, help=margin_help)
     report.add_argument("--alpha", type=alpha_level, default=0.05, help=alpha_help)
-    _add_price_flags(report)
+    add_price_flags(report)
     report.add_argument("--readme", type=Path, default=None,
                         help="also copy the report's headline figure and summary lines into this file, between "
                              "<!-- headline:start --> and <!-- headline:end -->")
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     summ.add_argument("--margin", type=positive_float, default=1.0, help=margin_help)
     summ.add_argument("--alpha", type=alpha_level, default=0.05, help=alpha_help)
-    _add_price_flags(summ)
+    add_price_flags(summ)
 
     eq = sub.add_parser("equivalence", help="accuracy equivalence verdicts; exit 3 if any pair is not equivalent",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -214,7 +214,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.report import write_report
     from bench.results import ResultsError
 
-    price = _prices(args)
+    price = prices_from_args(args)
     if args.readme is not None and not args.readme.is_file():
         raise UsageError(f"--readme {args.readme}: no such file; expected a markdown file with the headline markers")
     try:
@@ -245,7 +245,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from bench.results import ResultsError
 
     try:
-        print(summary_text(args.run_dirs, args.margin, alpha=args.alpha, warn=_warn, prices=_prices(args)))
+        print(summary_text(args.run_dirs, args.margin, alpha=args.alpha, warn=_warn, prices=prices_from_args(args)))
     except ResultsError as e:
         raise UsageError(str(e)) from None
     except EquivalenceError as e:
@@ -269,7 +269,7 @@ def cmd_equivalence(args: argparse.Namespace) -> int:
 def cmd_perf(args: argparse.Namespace) -> int:
     from bench.perf import run_perf
 
-    _check_devices([args.device])
+    check_devices([args.device])
     validate_user_models(args.models)
     return run_perf(args)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from bench.cliargs import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, validate_user_models
 
 
-def _check_devices(devices: Sequence[str]) -> None:
+def check_devices(devices: Sequence[str]) -> None:
+    """A CUDA device asked for must exist here; else a UsageError that says what torch reports."""
     import torch
 
     if any(d.startswith("cuda") for d in devices):
@@ -98,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     topo = distributed.topology_from_env()
     launch = _check_launch(args, topo)
-    _check_devices(args.devices)
+    check_devices(args.devices)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, expected a folder")
     if args.resume and args.out is None:

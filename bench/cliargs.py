@@ -159,7 +159,8 @@ def prices(value: str) -> dict:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _add_price_flags(parser: argparse.ArgumentParser) -> None:
+def add_price_flags(parser: argparse.ArgumentParser) -> None:
+    """--price and --price-file, for the commands that can show costs (`prices_from_args` reads them)."""
     parser.add_argument("--price", type=prices, default=None, metavar="DEVICE=PRICE,...",
                         help="price per device-hour, e.g. cpu=0.10,cuda=3.00: adds cost per million images, per "
                              "training run and the speedup per unit of cost (default: no cost shown)")
@@ -167,7 +168,8 @@ def _add_price_flags(parser: argparse.ArgumentParser) -> None:
                         help='JSON prices per device-hour, e.g. {"cpu": 0.10, "cuda": 3.00} (--price wins)')
 
 
-def _prices(args: argparse.Namespace) -> dict | None:
+def prices_from_args(args: argparse.Namespace) -> dict | None:
+    """Price per device-hour from --price-file, then --price over it; None when neither was given."""
     from bench.cost import PriceError, load_price_file
 
     merged = {}

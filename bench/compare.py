@@ -29,17 +29,14 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from bench import passes  # noqa: E402
-from bench.config import RunConfig  # noqa: E402
-from bench.markdown import to_markdown  # noqa: E402
-from bench.results import load_run, row_key  # noqa: E402
+from bench import passes
+from bench.config import RunConfig
+from bench.figures import new_figure, save_figure
+from bench.markdown import to_markdown
+from bench.results import load_run, row_key
 
 THRESHOLD = 0.05
 LEVEL = passes.INTERVAL_LEVEL
@@ -220,7 +217,8 @@ def summary_lines(facts: dict) -> list[str]:
 def figure(frame: pd.DataFrame, threshold: float, out: Path) -> str:
     f = frame.sort_values("ratio").reset_index(drop=True)
     height = max(3.0, 0.18 * len(f) + 1.5)
-    fig, ax = plt.subplots(figsize=(9, height))
+    fig, axes = new_figure(1, 1, (9, height))
+    ax = axes[0][0]
     y = range(len(f))
     colours = f["verdict"].map({"faster": "#2ca02c", "slower": "#d62728"}).fillna("#555555")
     has = f["ratio_low"].notna()
@@ -237,10 +235,7 @@ def figure(frame: pd.DataFrame, threshold: float, out: Path) -> str:
     ax.set_title("cifar-bench compare: each configuration's ratio")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(True, axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "compare.png", dpi=110)
-    plt.close(fig)
-    return "compare.png"
+    return save_figure(fig, out, "compare.png")
 
 
 def write_compare(base: Path | str, new: Path | str, out: Path | str | None = None,

@@ -23,10 +23,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from cnn.models import FAMILY, is_user_model, model_names, recipe_model
+from cnn.models import FAMILY, recipe_model
 from cnn.train import PRECISIONS
 
-DEVICES = ("cpu", "cuda")
 BUDGET_FIELDS = ("warmup_steps", "warmup_seconds", "min_steps", "max_steps", "max_seconds", "target_ci",
                  "max_config_seconds", "eval_max_seconds", "passes")
 DATA_PATHS = ("device", "dataloader")
@@ -344,17 +343,3 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
 def is_reference(cfg: RunConfig) -> bool:
     """A CPU fp32 accuracy run: what the equivalence check compares everything with."""
     return cfg.epochs > 0 and cfg.device == "cpu" and cfg.precision == "fp32" and cfg.data_path == "device"
-
-
-def preset_names() -> tuple[str, ...]:
-    return PRESETS
-
-
-def validate_names(models: tuple[str, ...] = (), precisions: tuple[str, ...] = ()) -> None:
-    for m in models:
-        if m not in model_names() and not is_user_model(m):
-            raise ValueError(f"unknown model {m!r}; expected one of {', '.join(model_names())}, "
-                             "or package.module:callable or path/to/file.py:callable")
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise ValueError(f"unknown precision {p!r}; expected one of {', '.join(PRECISIONS)}")

@@ -57,7 +57,6 @@ from bench.results import load_predictions, load_run
 
 GROUP_KEYS = ("model", "batch_size", "epochs", "train_size", "test_size", "data", "augment", "data_path")
 SIDE_KEYS = ("run_index", "host", "device", "precision", "channels_last", "compile", "threads", "lr", "world_size")
-VERDICTS = ("equivalent", "not equivalent", "inconclusive")
 # A lone seed is called "not equivalent" only when its difference exceeds this many margins
 # (and McNemar's test rejects). Seed-to-seed sd of the paired difference measured on the
 # tutorial Net (10 seeds, bf16 vs fp32, reports/equivalence-tutorial-cpu-bf16-20261127):

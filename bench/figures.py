@@ -1,29 +1,44 @@
 """The report's figures (PNGs beside report.md, linked relatively), from the frames of
 bench/frames.py. Colour identifies a device (one per device and machine), line style a
-precision. Headless: the Agg backend, no display needed.
+precision.
+
+Headless: every figure of the harness is made by `new_figure` and written by `save_figure`,
+outside pyplot, so no backend is chosen, no display is needed, and a notebook's own
+backend is left as it was.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from bench.frames import best_per_batch, models_in, speedups  # noqa: E402
+from bench.frames import best_per_batch, models_in, speedups
 
 PRECISION_STYLE = {"fp32": "-", "tf32": "-.", "fp16": "--", "bf16": ":"}
 PRECISION_MARKER = {"fp32": "o", "tf32": "D", "fp16": "s", "bf16": "^"}
 EPOCH_IMAGES = 50_000  # a CIFAR-10 training epoch
 
 
+def new_figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure and its rows x cols axes (always a 2-D array), made without pyplot."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def save_figure(fig: Figure, out: Path, name: str) -> str:
+    """Write `fig` as out/name (110 dpi); returns `name`, the report's relative link."""
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    return name
+
+
 def _panels(n: int, width: float = 5.0, height: float = 4.0):
     # at least 9 inches wide, so a figure title fits over a single panel
-    fig, axes = plt.subplots(1, max(n, 1), figsize=(max(width * max(n, 1), 9.0), height), squeeze=False)
+    fig, axes = new_figure(1, max(n, 1), (max(width * max(n, 1), 9.0), height))
     return fig, axes[0]
 
 
@@ -48,20 +63,13 @@ def _batch_axis(ax, batch_sizes) -> None:
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
-def _save(fig, out: Path, name: str) -> str:
-    fig.tight_layout()
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
-
-
 # A throughput frame's column and the results column it comes from (flagged rows are raw rows).
 RAW_COLUMN = {"images_per_s": "train_images_per_s"}
 
 
-def _lines_vs_batch(tp: pd.DataFrame, colours: dict, value: str, ylabel: str, title: str, out: Path,
-                    name: str, logy: bool = True, models: list[str] | None = None,
-                    flagged: pd.DataFrame | None = None) -> str | None:
+def lines_vs_batch(tp: pd.DataFrame, colours: dict, value: str, ylabel: str, title: str, out: Path,
+                   name: str, logy: bool = True, models: list[str] | None = None,
+                   flagged: pd.DataFrame | None = None) -> str | None:
     """One panel per model, a line per device, precision and variant. Where the frame has the
     value's interval (`<value>_low/_high`), error bars show it; `flagged` rows (measurement
     problems, left out of the lines) are drawn hollow at their value."""
@@ -100,7 +108,7 @@ def _lines_vs_batch(tp: pd.DataFrame, colours: dict, value: str, ylabel: str, ti
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    return _save(fig, out, name)
+    return save_figure(fig, out, name)
 
 
 def fig_speedup(tp: pd.DataFrame, colours: dict, out: Path) -> str | None:
@@ -127,7 +135,7 @@ def fig_speedup(tp: pd.DataFrame, colours: dict, out: Path) -> str | None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("GPU/CPU training speedup at equal batch size (above the line the GPU wins)")
-    return _save(fig, out, "speedup.png")
+    return save_figure(fig, out, "speedup.png")
 
 
 def fig_epoch_time(df: pd.DataFrame, tp: pd.DataFrame, colours: dict, out: Path) -> str | None:
@@ -159,7 +167,7 @@ def fig_epoch_time(df: pd.DataFrame, tp: pd.DataFrame, colours: dict, out: Path)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
     fig.suptitle("Epoch time: lines from steady-state step time, crosses measured end to end (data included)")
-    return _save(fig, out, "epoch_time.png")
+    return save_figure(fig, out, "epoch_time.png")
 
 
 def fig_accuracy(df: pd.DataFrame, colours: dict, out: Path) -> str | None:
@@ -187,7 +195,7 @@ def fig_accuracy(df: pd.DataFrame, colours: dict, out: Path) -> str | None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Test accuracy per epoch, devices and precisions overlaid (thin: single seeds)")
-    return _save(fig, out, "accuracy.png")
+    return save_figure(fig, out, "accuracy.png")
 
 
 def fig_data_paths(df: pd.DataFrame, colours: dict, out: Path) -> str | None:
@@ -215,6 +223,6 @@ def fig_data_paths(df: pd.DataFrame, colours: dict, out: Path) -> str | None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Input pipeline: device-resident data vs the classic DataLoader")
-    return _save(fig, out, "data_paths.png")
+    return save_figure(fig, out, "data_paths.png")
 
 

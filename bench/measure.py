@@ -34,9 +34,10 @@ def policy_for(cfg: RunConfig, agree: Callable[[float], float] = lambda x: x) ->
     return protocol.with_min_warmup(p, cfg.compile or cfg.compile_mode == "reduce-overhead")
 
 
-def _forever(make_epoch: Callable[[int], Iterator]) -> Iterator:
-    # Throughput loops draw from epochs numbered from 10_000 so their batches never
-    # coincide with the accuracy epochs'; the model is reset in between anyway.
+def endless_batches(make_epoch: Callable[[int], Iterator]) -> Iterator:
+    """Batches of epoch after epoch, for loops that run a number of steps, not epochs.
+    Throughput loops draw from epochs numbered from 10_000 so their batches never
+    coincide with the accuracy epochs'; the model is reset in between anyway."""
     return itertools.chain.from_iterable(make_epoch(10_000 + e) for e in itertools.count())
 
 
@@ -219,7 +220,7 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
                                       (lambda x: x) if dist is None else dist.max))
         return row, None
     policy = policy_for(cfg) if dist is None else policy_for(cfg, dist.max)
-    stream = _forever(inputs.train_epoch)
+    stream = endless_batches(inputs.train_epoch)
     other = ("ceiling", ceiling_loop(trainer, stream)) if dist is None else ("no_sync", no_sync_loop(trainer, stream))
     timed, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,
                                 gather=(lambda x: [x]) if dist is None else dist.all_gather)
@@ -259,6 +260,9 @@ def cudnn_benchmark(device: torch.device, on: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = old
+
+
+DRIFT_WARN = 0.10  # the report warns when the drift reference moved more than this between start and end
 
 
 def drift_reference(device: torch.device, seconds: float, clock: timing.Clock = timing.now) -> float:

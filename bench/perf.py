@@ -34,7 +34,7 @@ import torch
 from bench import protocol, system, timing
 from bench.config import default_channels_last
 from bench.markdown import to_markdown
-from bench.measure import ceiling_loop, training_loop
+from bench.measure import ceiling_loop, endless_batches, training_loop
 from cnn.data import DeviceBatches, classic_loader, get_dataset
 from cnn.train import Trainer, make_trainer
 
@@ -51,10 +51,6 @@ class Bench:
     trainer: Trainer
     batch_size: int
     loops: dict[str, protocol.Loop]
-
-
-def _stream(make_epoch):
-    return itertools.chain.from_iterable(make_epoch(e) for e in itertools.count())
 
 
 def loader_only_loop(trainer: Trainer, stream) -> protocol.Loop:
@@ -74,11 +70,11 @@ def build_bench(data, model: str, batch_size: int, device: torch.device, precisi
     trainer = make_trainer(model, device, precision, batch_size=batch_size, seed=0, channels_last=channels_last)
     batches = DeviceBatches(data.train_x, data.train_y, batch_size, device, augment=False, seed=0,
                             channels_last=trainer.channels_last)
-    device_stream = _stream(batches.epoch)
+    device_stream = endless_batches(batches.epoch)
     loader = classic_loader(data, batch_size, True, workers=workers, pin_memory=device.type == "cuda")
-    loader_stream = _stream(lambda e: iter(loader))
+    loader_stream = endless_batches(lambda e: iter(loader))
     return Bench(trainer, batch_size, {
-        "ceiling": ceiling_loop(trainer, _stream(batches.epoch)),
+        "ceiling": ceiling_loop(trainer, endless_batches(batches.epoch)),
         "device": training_loop(trainer, device_stream),
         "dataloader": training_loop(trainer, loader_stream),
         "loader-only": loader_only_loop(trainer, loader_stream),
@@ -101,7 +97,7 @@ def measure_variants(b: Bench, variants: tuple[str, ...], policy: protocol.Polic
 
 def mark_cost(device: torch.device, calls: int = 20_000) -> float:
     """Seconds per StepTimer.mark() (the harness's per-step instrumentation)."""
-    timer = timing.StepTimer(device, calls, calls, float("inf"))
+    timer = timing.StepTimer(device, calls)
     with timing.Stopwatch(device) as sw:
         timer.start()
         for _ in range(calls):

@@ -29,7 +29,6 @@ Headline throughput = images / total timed time (bench/timing.Measurement).
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -68,7 +67,7 @@ class Policy:
     timer_options: dict = field(default_factory=dict)  # StepTimer(events=, sync=) for fakes
 
     def timer(self, device: torch.device, n: int) -> timing.StepTimer:
-        return timing.StepTimer(device, n, n, math.inf, clock=self.clock, **self.timer_options)
+        return timing.StepTimer(device, n, clock=self.clock, **self.timer_options)
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # headless: no display needed
-import pandas as pd  # noqa: E402
-
-from bench import accuracy_report, breakeven, cost, method, passes, protocol  # noqa: E402
-from bench.equivalence import equivalence_table  # noqa: E402
-from bench.figures import _lines_vs_batch, fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup  # noqa: E402
-from bench.frames import (  # noqa: E402
+from bench import accuracy_report, breakeven, cost, method, passes, protocol
+from bench.equivalence import equivalence_table
+from bench.figures import fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup, lines_vs_batch
+from bench.frames import (
     amp_gain,
     device_colours,
     flagged_points,
@@ -32,11 +29,11 @@ from bench.frames import (  # noqa: E402
     speedups,
     throughput,
 )
-from bench.markdown import to_markdown  # noqa: E402
-from bench.results import markdown_table  # noqa: E402
-from bench.runner import DRIFT_WARN  # noqa: E402
-from bench.time_to_accuracy import headline as tta_headline  # noqa: E402
-from bench.time_to_accuracy import headline_cell, target_lines, tta_markdown, tta_table  # noqa: E402
+from bench.markdown import to_markdown
+from bench.measure import DRIFT_WARN
+from bench.results import markdown_table
+from bench.time_to_accuracy import headline as tta_headline
+from bench.time_to_accuracy import headline_cell, target_lines, tta_markdown, tta_table
 
 # --------------------------------------------------------------------------------------
 # Conclusions in plain words
@@ -357,21 +354,21 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     colours = device_colours(df)
     eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
     figures = {
-        "Training throughput": _lines_vs_batch(tp, colours, "images_per_s", "training throughput (images/s)",
-                                               "Training throughput vs batch size (bars: each row's interval for "
-                                               "a repeat run; hollow: flagged)", out, "throughput.png",
-                                               flagged=hollow),
+        "Training throughput": lines_vs_batch(tp, colours, "images_per_s", "training throughput (images/s)",
+                                              "Training throughput vs batch size (bars: each row's interval for "
+                                              "a repeat run; hollow: flagged)", out, "throughput.png",
+                                              flagged=hollow),
         "GPU/CPU speedup": fig_speedup(tp, colours, out),
         "Epoch time": fig_epoch_time(df, tp, colours, out),
         "Test accuracy per epoch": fig_accuracy(df, colours, out),
-        "Peak memory": _lines_vs_batch(tp, colours, "peak_memory_mb", "peak memory (MB)",
-                                       "Peak memory vs batch size (each configuration's own peak over what it "
-                                       "started from; the resident dataset apart)",
-                                       out, "memory.png"),
-        "Model FLOP utilisation": _lines_vs_batch(tp, colours, "mfu", "MFU (of measured matmul peak)",
-                                                  "MFU vs batch size", out, "mfu.png", flagged=hollow),
+        "Peak memory": lines_vs_batch(tp, colours, "peak_memory_mb", "peak memory (MB)",
+                                      "Peak memory vs batch size (each configuration's own peak over what it "
+                                      "started from; the resident dataset apart)",
+                                      out, "memory.png"),
+        "Model FLOP utilisation": lines_vs_batch(tp, colours, "mfu", "MFU (of measured matmul peak)",
+                                                 "MFU vs batch size", out, "mfu.png", flagged=hollow),
         "Input pipeline": fig_data_paths(df, colours, out),
-        "Fraction of the compute-only ceiling": _lines_vs_batch(
+        "Fraction of the compute-only ceiling": lines_vs_batch(
             tp, colours, "fraction_of_ceiling", "training throughput / compute-only ceiling",
             "The harness loop against the same step on a batch already on the device", out, "ceiling.png",
             logy=False, flagged=hollow),

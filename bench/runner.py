@@ -31,19 +31,12 @@ import torch
 from bench import measure, passes, protocol, resources, system, timing
 from bench.config import RunConfig, is_reference
 from bench.distributed import Distributed, RankFailed
-from bench.measure import cpu_threads, cudnn_benchmark  # noqa: F401 (re-exported)
 from bench.passes import is_grid
-from bench.resources import (
-    ResourceMonitor,
-    is_oom,  # noqa: F401 (re-exported)
-    release_memory,
-)
+from bench.resources import ResourceMonitor, release_memory
 from bench.results import COLUMNS, row_key
 from bench.runfolder import RunFolder, RunFolderError, has_pass
 from cnn.data import Cifar10Arrays, DataError, get_dataset
 from cnn.train import Diverged, Unsupported, unsupported_reason
-
-DRIFT_WARN = 0.10  # the report warns when the reference moved more than this between start and end
 
 
 def refusal(cfg: RunConfig, dist: Distributed | None) -> str | None:

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from bench.markdown import to_markdown  # noqa: E402
+from bench.figures import new_figure, save_figure
+from bench.markdown import to_markdown
 
 SCALING_KEYS = ["device_key", "device_kind", "model", "precision", "batch_size", "channels_last", "compile"]
 
@@ -100,7 +97,7 @@ def fig_scaling(df: pd.DataFrame, out: Path) -> str | None:
     if table.empty:
         return None
     models = list(dict.fromkeys(table["model"]))
-    fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 8), squeeze=False)
+    fig, axes = new_figure(2, len(models), (5.5 * len(models), 8))
     sizes = sorted(int(n) for n in table["world_size"].unique())
     several = table["device_key"].nunique() > 1 or table["precision"].nunique() > 1
     for col, model in enumerate(models):
@@ -147,7 +144,4 @@ def fig_scaling(df: pd.DataFrame, out: Path) -> str | None:
             bottom.text(0.5, 0.5, "no one-process run of these configurations\nin the run folders given",
                         transform=bottom.transAxes, ha="center", va="center")
     fig.suptitle("Data-parallel scaling (DistributedDataParallel) at equal global batch; 1 process = no DDP")
-    fig.tight_layout()
-    fig.savefig(out / "scaling.png", dpi=110)
-    plt.close(fig)
-    return "scaling.png"
+    return save_figure(fig, out, "scaling.png")

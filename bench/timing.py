@@ -25,7 +25,6 @@ it on the CPU with fake events.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -117,80 +116,43 @@ class Measurement:
         return self.items_per_step / self.median if self.median > 0 else float("nan")
 
 
-class Deadline:
-    """Stops a loop after `max_steps` or `max_seconds` of host time, whichever comes
-    first, but never before `min_steps`."""
-
-    def __init__(self, min_steps: int, max_steps: int, max_seconds: float, clock: Clock = time.perf_counter):
-        self.min_steps, self.max_steps, self.max_seconds = min_steps, max(max_steps, min_steps), max_seconds
-        self.clock = clock
-        self.steps = 0
-        self.start = clock()
-
-    def elapsed(self) -> float:
-        return self.clock() - self.start
-
-    def tick(self, now: float | None = None) -> bool:
-        """Count one step; True when the loop should stop. `now`: a clock reading the
-        caller already took."""
-        self.steps += 1
-        if self.steps < self.min_steps:
-            return False
-        if self.steps >= self.max_steps:
-            return True
-        return (self.clock() if now is None else now) - self.start >= self.max_seconds
-
-
-def steps_within(step_seconds: float, min_steps: int, max_steps: int, max_seconds: float) -> int:
-    """The step count a `Deadline(min_steps, max_steps, max_seconds)` would reach at
-    `step_seconds` per step. Data-parallel loops fix their length with it before they start:
-    every rank must stop at the same step, so none may stop on its own clock."""
-    max_steps = max(max_steps, min_steps)
-    if not step_seconds > 0 or math.isinf(max_seconds):
-        return max_steps
-    return min(max_steps, max(min_steps, math.ceil(max_seconds / step_seconds)))
-
-
 class StepTimer:
-    """Times consecutive steps on `device`. Call `start()` before the first step and
-    `mark()` after each; `mark()` returns True when the budget says stop.
+    """Times `steps` consecutive steps on `device`. Call `start()` before the first step and
+    `mark()` after each; `mark()` returns True after the last one. (How many steps a block
+    runs is bench/protocol.py's decision, made before the block starts.)
 
     `events` and `sync` replace `torch.cuda.Event` and `torch.cuda.synchronize` on the CUDA
     path (tests pass fakes to run it without a GPU)."""
 
-    def __init__(self, device: torch.device | str, min_steps: int, max_steps: int, max_seconds: float,
-                 clock: Clock = time.perf_counter, events: Callable[..., object] | None = None,
-                 sync: Callable[[torch.device], None] | None = None):
+    def __init__(self, device: torch.device | str, steps: int, clock: Clock = time.perf_counter,
+                 events: Callable[..., object] | None = None, sync: Callable[[torch.device], None] | None = None):
         self.device = torch.device(device)
         self.clock = clock
-        self.min_steps, self.max_steps, self.max_seconds = min_steps, max(max_steps, min_steps), max_seconds
+        self.steps = steps
         self.cuda = self.device.type == "cuda"
         self._event = events if events is not None else (torch.cuda.Event if self.cuda else None)
         self._sync = sync if sync is not None else synchronize
         self._marks: list = []
-        self._deadline: Deadline | None = None
 
     def start(self) -> None:
         self._sync(self.device)  # the timed loop starts from an idle device
-        self._deadline = Deadline(self.min_steps, self.max_steps, self.max_seconds, self.clock)
         if self.cuda:
             # Pre-created events: creating one per step would cost more than recording it.
-            self._events = [self._event(enable_timing=True) for _ in range(self.max_steps + 1)]
+            self._events = [self._event(enable_timing=True) for _ in range(self.steps + 1)]
             self._events[0].record()
             self._marks = [self._events[0]]
         else:
-            self._marks = [self._deadline.start]
+            self._marks = [self.clock()]
 
     def mark(self) -> bool:
-        assert self._deadline is not None, "start() first"
+        assert self._marks, "start() first"
         if self.cuda:
             event = self._events[len(self._marks)]
             event.record()  # no sync: the host only queues the marker
             self._marks.append(event)
-            return self._deadline.tick()
-        now = self.clock()
-        self._marks.append(now)
-        return self._deadline.tick(now)
+        else:
+            self._marks.append(self.clock())
+        return len(self._marks) > self.steps
 
     def samples(self) -> tuple[float, ...]:
         """Seconds per step. On CUDA this is the loop's one synchronisation."""

@@ -120,7 +120,7 @@ class Trainer:
         weights in place, so the replicas start equal again."""
         fresh = build_model(self.model_name, seed=seed)
         self.module.load_state_dict(fresh.state_dict())
-        self.optimizer = _sgd(self.model, self.device, self.lr, self.momentum, self.weight_decay)
+        self.optimizer = sgd_with_zero_buffers(self.model, self.device, self.lr, self.momentum, self.weight_decay)
         if self.scaler is not None:
             self.scaler = torch.amp.GradScaler(self.device.type)
 
@@ -159,7 +159,7 @@ class Trainer:
         return loss.detach()
 
 
-def _sgd(
+def sgd_with_zero_buffers(
     model: nn.Module, device: torch.device, lr: float, momentum: float, wd: float, fused: bool | None = None
 ) -> torch.optim.SGD:
     """SGD with every momentum buffer already in its state, zero.
@@ -215,7 +215,7 @@ def make_trainer(
                                         process_group=process_group)
     lr = default_lr(model_name, batch_size) if lr is None else lr
     wd = WEIGHT_DECAY.get(model_name, 0.0) if weight_decay is None else weight_decay
-    optimizer = _sgd(model, device, lr, momentum, wd)
+    optimizer = sgd_with_zero_buffers(model, device, lr, momentum, wd)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     compiled = torch.compile(model, mode=compile_mode) if compile else None
     return Trainer(model, optimizer, device, precision, channels_last, scaler, compiled, lr,

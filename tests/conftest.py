@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import cnn.data
+import cnn.data.cifar10
 
 pytest_plugins = ("benchconfig",)  # pytest-benchmark settings: per-device storage, measure when asked
 
@@ -19,10 +20,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_downloads_anywhere():
+    """`pytest` must never download, in this process or in any process a test starts (they
+    inherit the environment): cnn.data refuses every download while this variable is set."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(cnn.data.NO_DOWNLOAD_ENV, "1")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """`pytest` must never download: the download host is unreachable in every test."""
-    monkeypatch.setattr(cnn.data, "_reachable", lambda url, timeout: False)
+    """And in this process the download host is unreachable as well, for tests that lift the
+    variable to reach the code behind it."""
+    monkeypatch.setattr(cnn.data.cifar10, "_reachable", lambda url, timeout: False)
 
 
 @pytest.fixture(scope="session")

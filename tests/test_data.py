@@ -1,8 +1,11 @@
 import io
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import cnn.data as D
+import cnn.data.batches as B
+import cnn.data.cifar10 as C
 from cnn.data import (
     CLASSES,
     DataError,
@@ -37,7 +42,7 @@ class Py2StylePickler(pickle.Pickler):
             return fn, (cls, shape, code.decode("latin1")), (*state[:4], state[4].decode("latin1"))
         return NotImplemented
 
-REAL_REACHABLE = D._reachable  # before the autouse fixture replaces it
+REAL_REACHABLE = C._reachable  # before the autouse fixture replaces it
 
 
 def py2_pickle(obj) -> bytes:
@@ -131,26 +136,69 @@ def test_malformed_batches_are_refused(tmp_path, data, labels, message):
     path = tmp_path / "data_batch_1"
     write_batch(path, len(labels), np.random.default_rng(0), data=data, labels=labels)
     with pytest.raises(DataError, match=message):
-        D._batch_arrays(read_batch_file(path), path)
+        C._batch_arrays(read_batch_file(path), path)
 
 
-def test_download_offline_is_refused_and_leaves_nothing(tmp_path):
+@pytest.fixture
+def downloads_allowed(monkeypatch):
+    """Lift the suite's no-download variable in this process ("0" counts as unset), to reach
+    the code behind it; the host stays unreachable (the autouse `no_network`)."""
+    monkeypatch.setenv(C.NO_DOWNLOAD_ENV, "0")
+
+
+def test_download_offline_is_refused_and_leaves_nothing(tmp_path, downloads_allowed):
     with pytest.raises(DataError, match="cannot reach www.cs.toronto.edu"):
         download_cifar10(tmp_path)  # the autouse fixture makes the host unreachable
     assert not (tmp_path / "cifar-10-batches-py").exists()
 
 
+def test_the_no_download_variable_refuses_before_any_connection(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "_reachable", REAL_REACHABLE)
+    monkeypatch.setattr(C.socket, "create_connection", lambda *a, **kw: pytest.fail("a connection was attempted"))
+    with pytest.raises(DataError, match=f"downloading is off \\({C.NO_DOWNLOAD_ENV} is set\\)"):
+        download_cifar10(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+NO_DOWNLOAD_IN_A_CHILD = """
+import socket, sys
+attempts = []
+def record(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("no network in this test")
+socket.create_connection = record
+from cnn.data import DataError, get_dataset
+try:
+    get_dataset("cifar10", sys.argv[1])
+except DataError as e:
+    print("refused:", e)
+print("connections:", len(attempts))
+"""
+
+
+def test_a_process_started_by_a_test_cannot_download_either(tmp_path):
+    # the child inherits the suite's environment, as every command a test starts does
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", NO_DOWNLOAD_IN_A_CHILD, str(tmp_path)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused:" in proc.stdout and "downloading is off" in proc.stdout
+    assert "connections: 0" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_connection_that_hangs_gives_up_at_the_timeout(monkeypatch):
     # The real reachability check (not the autouse stub), against a connection attempt that
     # never returns, as name resolution can on a machine without network.
-    monkeypatch.setattr(D, "_reachable", REAL_REACHABLE)
+    monkeypatch.setattr(C, "_reachable", REAL_REACHABLE)
     release = threading.Event()
 
     def hang(*args, **kwargs):
         release.wait(60)
         raise OSError("a connection that never came")
 
-    monkeypatch.setattr(D.socket, "create_connection", hang)
+    monkeypatch.setattr(C.socket, "create_connection", hang)
     start = time.perf_counter()
     try:
         assert REAL_REACHABLE("https://www.cs.toronto.edu/x", timeout=0.2) is False
@@ -159,8 +207,8 @@ def test_a_connection_that_hangs_gives_up_at_the_timeout(monkeypatch):
         release.set()
 
 
-def test_a_partial_download_never_passes_for_a_dataset(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_reachable", lambda url, timeout: True)
+def test_a_partial_download_never_passes_for_a_dataset(tmp_path, monkeypatch, downloads_allowed):
+    monkeypatch.setattr(C, "_reachable", lambda url, timeout: True)
 
     def partial(url, root, filename=None, md5=None, **kw):
         (tmp_path / "x").write_text("")  # the download writes part of a file, then fails the md5 check
@@ -183,7 +231,7 @@ def test_auto_falls_back_to_synthetic_with_one_warning(tmp_path):
     assert len(messages) == 1 and "using synthetic data" in messages[0] and "\n" not in messages[0]
 
 
-def test_cifar10_requested_but_absent_is_an_error(tmp_path):
+def test_cifar10_requested_but_absent_is_an_error(tmp_path, downloads_allowed):
     with pytest.raises(DataError, match="cannot reach"):
         get_dataset("cifar10", tmp_path)
 
@@ -348,7 +396,7 @@ def test_the_copy_detectors_see_host_to_device_copies():
 
 def reference_hash32(i: int, seed: int, epoch: int, stream: str) -> int:
     """The plan's hash in plain Python integers, written from the published lowbias32."""
-    a, b = D._salts(seed, epoch, stream)
+    a, b = B._salts(seed, epoch, stream)
 
     def mix(x):
         x ^= x >> 16

@@ -72,7 +72,8 @@ def test_sigint_saves_what_finished_and_resume_completes_the_sweep(tmp_path):
     assert 1 <= len(saved) < 4 and all(r["status"] == "ok" for r in saved)
     assert not (out / ".lock").exists() or FileLock(str(out / ".lock")).acquire(timeout=0)  # lock released
 
-    resumed = subprocess.run([sys.executable, "-m", "bench", "run", "--out", str(out), "--resume", "--no-progress"],
+    resumed = subprocess.run([sys.executable, "-m", "bench", "run", "--out", str(out), "--resume", "--no-progress",
+                              "--data", "synthetic"],
                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(saved)} of 4 configurations already recorded" in resumed.stdout
@@ -120,7 +121,8 @@ def test_sigkill_while_a_record_is_written_leaves_a_readable_file(tmp_path):
     assert len(rows) == 2 and len(warnings) == 1 and "torn or corrupt last line" in warnings[0]
     assert (write_report([out]).read_text()).count("| cpu ·") == 2  # the report still builds
 
-    resumed = subprocess.run([sys.executable, "-m", "bench", "run", "--out", str(out), "--resume", "--no-progress"],
+    resumed = subprocess.run([sys.executable, "-m", "bench", "run", "--out", str(out), "--resume", "--no-progress",
+                              "--data", "synthetic"],
                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr
     assert "ignored a torn or corrupt last line" in resumed.stdout

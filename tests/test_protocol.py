@@ -169,7 +169,7 @@ def test_the_cuda_event_path_runs_on_fake_events():
     samples = protocol.run_block(stub, 3, torch.device("cuda"), p)
     assert samples == pytest.approx((0.004, 0.002, 0.003))
     assert synced == [torch.device("cuda")]  # one sync, before the block; none per step
-    timer = timing.StepTimer("cuda", 1, 1, float("inf"), clock=clock, events=FakeEvent, sync=lambda d: None)
+    timer = timing.StepTimer("cuda", 1, clock=clock, events=FakeEvent, sync=lambda d: None)
     assert timer.method == "cuda_event"
 
 

@@ -1,5 +1,10 @@
 import json
+import os
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -143,3 +148,98 @@ def test_a_cpu_and_a_gpu_run_with_no_batch_size_in_common(tmp_path):
     text = write_report([cpu, gpu], tmp_path / "r").read_text()
     assert "GPU/CPU speedup **30.0x**" in text
     assert "No batch size was measured on both devices" in text and "not measured on both" in text
+
+
+# ---- exit statuses, warnings from system facts, flagged values ------------------------------
+
+def different_test_sets(folder):
+    """A reference and a candidate of one seed whose predictions were made on different test sets."""
+    from runfolders import acc_row, predictions, write_folder
+
+    labels, ref, cand = predictions(100, 70, 5, 5)
+    other_labels = (labels + 1) % 10
+    rows = [acc_row(0, 0.70, "fp32", test_size=100), acc_row(0, 0.70, "bf16", test_size=100)]
+    return write_folder(folder, rows, preds={0: (ref, labels), 1: (cand, other_labels)})
+
+
+@pytest.mark.parametrize("command", ["report", "summary"])
+def test_an_equivalence_error_ends_report_and_summary_with_exit_status_1(tmp_path, capsys, command):
+    from bench.cliargs import EXIT_ERROR
+
+    folder = different_test_sets(tmp_path / "run")
+    assert main([command, str(folder)]) == EXIT_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("cifar-bench: error:"), err
+    assert "evaluated on different test sets" in err and "Traceback" not in err
+
+
+def test_readme_at_a_missing_file_is_refused_before_anything_is_written(runs, tmp_path, capsys):
+    missing = tmp_path / "no-such-README.md"
+    assert main(["report", str(runs[0]), "--out", str(tmp_path / "r"), "--readme", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--readme {missing}: no such file" in err
+    assert not missing.exists() and not (tmp_path / "r" / "report.md").exists()
+
+
+def test_warnings_name_drift_and_peak_changes_beyond_the_threshold(tmp_path):
+    from bench.frames import load_runs
+    from bench.report import warnings_lines
+
+    df, _, _ = load_runs([write_run(tmp_path / "run", LAPTOP, [row("laptop", "cpu", "Laptop CPU", "tutorial", 32,
+                                                                   "fp32", 8000)])])
+    moved = {"drift": [{"device": "cpu", "before_images_per_s": 10000.0, "after_images_per_s": 7000.0,
+                        "change": -0.3}],
+             "peaks": [{"device": "cpu", "precision": "bf16", "change": 0.25}]}
+    steady = {"drift": [{"device": "cuda", "before_images_per_s": 5e4, "after_images_per_s": 5.001e4,
+                         "change": 0.0002}],
+              "peaks": [{"device": "cuda", "precision": "fp16", "change": -0.0002}]}
+    broken = {"drift": [{"device": "cpu", "after_error": "RuntimeError: probe failed", "change": None}]}
+    text = "\n".join(warnings_lines(df, [moved, steady, broken]))
+    assert "the machine moved during run 1: the cpu drift reference ran at 10,000 img/s before the sweep and " \
+           "7,000 after (-30%)" in text
+    assert "the cpu bf16 matmul peak moved +25%" in text
+    assert "cuda" not in text and "run 2" not in text  # a change within the threshold says nothing
+    assert "the cpu drift reference failed after run 3's sweep: RuntimeError: probe failed" in text
+
+
+def test_a_fraction_of_ceiling_above_the_flag_never_enters_the_throughput_frame(tmp_path):
+    from bench.frames import load_runs, throughput
+    from bench.measure import CEILING_FLAG
+
+    def at(bs, seed, fraction):
+        return row("laptop", "cpu", "Laptop CPU", "tutorial", bs, "fp32", 8000, seed=seed, fraction_of_ceiling=fraction)
+
+    rows = [at(8, 0, 0.8), at(8, 1, 1.2),  # one seed flagged: the other's value stands
+            at(16, 0, CEILING_FLAG - 0.01),  # just under the flag: kept
+            at(32, 0, 1.3)]  # the only row flagged: no value at all
+    df, _, _ = load_runs([write_run(tmp_path / "run", LAPTOP, rows)])
+    tp = throughput(df).set_index("batch_size")["fraction_of_ceiling"]
+    assert not (tp > CEILING_FLAG).any()
+    assert tp[8] == pytest.approx(0.8) and tp[16] == pytest.approx(CEILING_FLAG - 0.01)
+    assert 32 not in tp.dropna().index
+
+
+HEADLESS = textwrap.dedent("""
+    import sys
+    from bench.report import write_report
+    write_report(sys.argv[1:3], sys.argv[3])
+    print("pyplot imported" if "matplotlib.pyplot" in sys.modules else "no pyplot")
+""")
+
+
+def test_a_report_is_written_without_a_display(runs, tmp_path):
+    """In a fresh process whose matplotlib backend would need a display (and with none), the
+    report still draws every figure: they are made outside pyplot, so no backend is chosen."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(MPLBACKEND="TkAgg", PYTHONPATH=str(root))
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-c", HEADLESS, *map(str, runs), str(out)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "no pyplot"
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (out / "report.md").read_text())
+    assert {"throughput.png", "speedup.png"} <= set(links)
+    for name in links:  # figures, figures.py's and breakeven's, all drawn
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size[0] > 100, name

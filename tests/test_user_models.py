@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
+from bench.equivalence import EXIT_NOT_EQUIVALENT
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "my_model.py"
 
@@ -70,9 +71,11 @@ def test_a_user_model_from_a_file_runs_through_sweep_report_and_equivalence(tmp_
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert f"**{model}**" in report
-    assert main(["equivalence", str(out)]) in (0, 1)  # a verdict either way; 2 would be an error
+    code = main(["equivalence", str(out)])
     verdicts = pd.read_csv(out / "equivalence.csv")
     assert list(verdicts["model"]) == [model]
+    # a verdict either way (1 would be an error, 2 bad usage): 3 exactly when the pair is not equivalent
+    assert code == (EXIT_NOT_EQUIVALENT if (verdicts["verdict"] == "not equivalent").any() else 0)
     assert json.loads((out / "sweep.json").read_text())[0]["model"] == model
 
 

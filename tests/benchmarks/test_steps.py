@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 
 from bench import protocol, system, timing
-from bench.measure import cudnn_benchmark
+from bench.measure import cudnn_benchmark, endless_batches
 from cnn.data import DeviceBatches
 from cnn.train import evaluate, make_trainer, matmul_precision, unsupported_reason
 
@@ -35,6 +36,16 @@ BATCH_SIZES = {
 }
 PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "tf32", "fp16", "bf16")}  # fp16/tf32 are CUDA-only
 MAX_ROUNDS = 1000  # sub-millisecond GPU steps would otherwise take thousands of rounds
+
+
+def rounds_within(step_seconds: float, min_rounds: int, max_rounds: int, max_seconds: float) -> int:
+    """Rounds of `step_seconds` that fill `max_seconds` (the round that crosses it included),
+    never fewer than `min_rounds` nor more than `max_rounds`: pytest-benchmark's pedantic mode
+    takes a round count, not a time."""
+    max_rounds = max(max_rounds, min_rounds)
+    if not step_seconds > 0 or math.isinf(max_seconds):
+        return max_rounds
+    return min(max_rounds, max(min_rounds, math.ceil(max_seconds / step_seconds)))
 
 
 def cases() -> Iterator:
@@ -60,11 +71,6 @@ def case_trainer(device: str, model: str, batch_size: int, precision: str):
         yield trainer
 
 
-def endless(batches: DeviceBatches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for epoch in itertools.count():
-        yield from batches.epoch(epoch)
-
-
 def measure(benchmark, config: pytest.Config, step: Callable, batches: Iterator, device: str, group: str):
     """Time `step(x, y)` with benchmark.pedantic, a fresh batch per round; returns the last result.
     Warm-up is the harness's (bench/protocol.py: until two steps agree within 10%, at least 2),
@@ -86,8 +92,8 @@ def measure(benchmark, config: pytest.Config, step: Callable, batches: Iterator,
                     break
 
         warm = protocol.warm_up(loop, torch.device(device), protocol.Policy(warmup_seconds=2.0))
-        rounds = timing.steps_within(warm.steady, config.getoption("benchmark_min_rounds"), MAX_ROUNDS,
-                                     float(config.getoption("benchmark_max_time")))
+        rounds = rounds_within(warm.steady, config.getoption("benchmark_min_rounds"), MAX_ROUNDS,
+                               float(config.getoption("benchmark_max_time")))
     benchmark.group = group  # read when the timing starts
     return benchmark.pedantic(timing.synchronized(step, device), setup=setup, rounds=rounds, warmup_rounds=1)
 
@@ -109,7 +115,7 @@ def record(benchmark, kind: str, device: str, model: str, batch_size: int, preci
 def test_train_step(benchmark, pytestconfig, small_data, device, model, batch_size, precision):
     with case_trainer(device, model, batch_size, precision) as trainer:
         data = DeviceBatches(small_data.train_x, small_data.train_y, batch_size, device, seed=0)
-        loss = measure(benchmark, pytestconfig, trainer.step, endless(data), device,
+        loss = measure(benchmark, pytestconfig, trainer.step, endless_batches(data.epoch), device,
                        f"{device} {model} train batch {batch_size}")
     assert torch.isfinite(loss)  # the timing of a diverged step means nothing
     record(benchmark, "train", device, model, batch_size, precision, system.training_flops_per_image)
@@ -119,7 +125,22 @@ def test_train_step(benchmark, pytestconfig, small_data, device, model, batch_si
 def test_eval_batch(benchmark, pytestconfig, small_data, device, model, batch_size, precision):
     with case_trainer(device, model, batch_size, precision) as trainer:
         data = DeviceBatches(small_data.test_x, small_data.test_y, batch_size, device, seed=0)
-        result = measure(benchmark, pytestconfig, lambda x, y: evaluate(trainer, [(x, y)]), endless(data), device,
-                         f"{device} {model} eval batch {batch_size}")
+        result = measure(benchmark, pytestconfig, lambda x, y: evaluate(trainer, [(x, y)]),
+                         endless_batches(data.epoch), device, f"{device} {model} eval batch {batch_size}")
     assert len(result.predictions) == batch_size and 0.0 <= result.accuracy <= 1.0
     record(benchmark, "eval", device, model, batch_size, precision, system.inference_flops_per_image)
+
+
+@pytest.mark.parametrize("step,expected", [
+    (0.1, 10),    # 1 s / 0.1 s
+    (0.3, 4),     # ceil(3.33): the round that crosses the time still runs
+    (2.0, 3),     # slow steps: never fewer than min_rounds
+    (0.001, 50),  # fast steps: never more than max_rounds
+])
+def test_rounds_fill_the_time_within_their_bounds(step, expected):
+    assert rounds_within(step, 3, 50, 1.0) == expected
+
+
+def test_rounds_without_a_time_limit_or_a_step_time_are_max_rounds():
+    assert rounds_within(0.5, 2, 7, float("inf")) == 7
+    assert rounds_within(0.0, 2, 7, 1.0) == 7
