@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bench import protocol, system, timing
+from bench import energy, protocol, system, timing
 from bench.config import RunConfig
 from cnn.data import Cifar10Arrays, DeviceBatches, classic_loader
 from cnn.models import parameter_count
@@ -211,6 +211,8 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
     other = ("ceiling", ceiling_loop(trainer, stream)) if dist is None else ("no_sync", no_sync_loop(trainer, stream))
     row, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,
                               gather=(lambda x: [x]) if dist is None else dist.all_gather)
+    row.update(energy.training_energy(training_loop(trainer, stream), step, device, cfg.batch_size, phase,
+                                      distributed=dist is not None))
     del stream
     row.update(data=inputs.data.source, lr=trainer.lr, train_size=len(inputs.data.train_y),
                test_size=len(inputs.data.test_y))

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display needed
 import pandas as pd  # noqa: E402
 
-from bench import breakeven, cost  # noqa: E402
+from bench import breakeven, cost, energy_report  # noqa: E402
 from bench.equivalence import equivalence_table, explanation, verdict_table  # noqa: E402
 from bench.figures import _lines_vs_batch, fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup  # noqa: E402
 from bench.frames import (  # noqa: E402
@@ -307,6 +307,7 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
                                  f"({r.diff_pp:+.2f} pp, {r.seeds} seeds)" for r in eq.itertuples())
     for line in breakeven.summary_lines(df, tp) + (cost.cost_lines(df, tp, prices) if prices else []):
         text += "\n" + line.replace("**", "")
+    text += "\n" + energy_report.summary_line(df)
     return text
 
 
@@ -361,6 +362,7 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         "",
         *breakeven.report_section(df, tp, out),
         *cost.report_section(df, tp, prices),
+        *energy_report.report_section(df, systems, tp, colours, out, prices),
     ]
     for title, name in figures.items():
         if name:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench import measure, protocol, resources, system, timing
+from bench import energy, measure, protocol, resources, system, timing
 from bench.config import RunConfig, is_reference
 from bench.distributed import Distributed, RankFailed
 from bench.measure import cpu_threads, cudnn_benchmark  # noqa: F401 (re-exported)
@@ -156,6 +156,9 @@ class Runner:
         before the first configuration or after the last (rank 0 of a job: its own)."""
         if not self.main or not configs:
             return
+        if when == "before" and "energy" not in self.system:  # once per run, before any work warms the machine
+            devices = [d for d in dict.fromkeys(c.device for c in configs) if unsupported_reason(d, "fp32") is None]
+            self.system["energy"] = energy.machine_check(devices, self.log, distributed=self.dist is not None)
         for cfg in dict.fromkeys(RunConfig(c.device, "tutorial", 1, c.precision) for c in configs):
             if unsupported_reason(cfg.device, cfg.precision) is None:
                 self.peak(cfg.device, cfg.precision, when)
