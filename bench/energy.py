@@ -90,7 +90,10 @@ def rapl_zones(root: Path, read: Callable[[Path], int] = read_int) -> list[Zone]
                 found[p.name] = p
     zones = []
     for zone_id, path in sorted(found.items()):
-        name = path.joinpath("name").read_text().strip()
+        try:
+            name = path.joinpath("name").read_text().strip()
+        except OSError as e:
+            raise _unreadable(path / "name", e) from None
         package = ZONE.match(zone_id).group(2)
         if name.startswith("package"):
             domain = name
@@ -98,12 +101,13 @@ def rapl_zones(root: Path, read: Callable[[Path], int] = read_int) -> list[Zone]
             domain = f"dram-{package}"
         else:  # core, uncore (inside the package), psys (the platform: overlaps both)
             continue
-        try:
-            read(path / "energy_uj")
-            max_range = read(path / "max_energy_range_uj")
-        except (OSError, ValueError) as e:
-            raise _unreadable(Path(getattr(e, "filename", None) or path / "energy_uj"), e) from None
-        zones.append(Zone(domain, path, max_range))
+        values = {}
+        for f in ("energy_uj", "max_energy_range_uj"):
+            try:
+                values[f] = read(path / f)
+            except (OSError, ValueError) as e:
+                raise _unreadable(path / f, e) from None
+        zones.append(Zone(domain, path, values["max_energy_range_uj"]))
     if not any(z.domain.startswith("package") for z in zones):
         raise Unavailable(f"no RAPL package zone under {where} (looked for intel-rapl:N and amd-rapl:N)")
     return zones
@@ -237,6 +241,15 @@ def steps_for(seconds: float, step_s: float) -> int:
     return max(1, math.ceil(seconds / step_s)) if step_s > 0 else 1
 
 
+def _read(fn, *args):
+    """A meter's reading; a counter that fails mid-sweep (a driver error, a file gone) makes
+    the window not available, and never fails the configuration whose energy it was."""
+    try:
+        return fn(*args)
+    except Exception as e:  # OSError, ValueError, NVML's errors: all said as the reason
+        raise Unavailable(f"reading the energy counters failed: {type(e).__name__}: {e}") from e
+
+
 def run_window(meter, run: Callable[[int], object], step_s: float, device: torch.device | str,
                min_seconds: float | None = None, clock: timing.Clock = timing.now,
                sync: Callable = timing.synchronize) -> Window:
@@ -247,7 +260,7 @@ def run_window(meter, run: Callable[[int], object], step_s: float, device: torch
     min_seconds = MIN_WINDOW_S if min_seconds is None else min_seconds
     sync(device)
     t0 = clock()
-    state = meter.begin()
+    state = _read(meter.begin)
     steps, elapsed = 0, 0.0
     for _ in range(EXTENSIONS + 1):
         pace = elapsed / steps if steps else step_s
@@ -258,7 +271,7 @@ def run_window(meter, run: Callable[[int], object], step_s: float, device: torch
         elapsed = clock() - t0
         if elapsed >= min_seconds:
             break
-    joules = meter.end(state)
+    joules = _read(meter.end, state)
     return Window(clock() - t0, joules, steps)
 
 
@@ -269,9 +282,9 @@ def idle_window(meter, device: torch.device | str, seconds: float | None = None,
     seconds = IDLE_SECONDS if seconds is None else seconds
     sync(device)
     t0 = clock()
-    state = meter.begin()
+    state = _read(meter.begin)
     sleep(seconds)
-    joules = meter.end(state)
+    joules = _read(meter.end, state)
     return Window(clock() - t0, joules)
 
 
@@ -313,7 +326,10 @@ def training_energy(loop, step_s: float, device: torch.device, batch_size: int,
     if entry.meter is None:
         return not_measured(entry.reason)
     phase("energy")
-    w = run_window(entry.meter, lambda n: loop(n, lambda: False), step_s, device, **window)
+    try:
+        w = run_window(entry.meter, lambda n: loop(n, lambda: False), step_s, device, **window)
+    except Unavailable as e:
+        return not_measured(str(e))
     reason = refusal(w, window.get("min_seconds"))
     return not_measured(reason) if reason else columns(w, w.steps * batch_size, entry)
 
@@ -331,7 +347,12 @@ def machine_check(devices, log: Callable[[str], None] = print, seconds: float | 
             log(f"energy: not available on {device}: {entry.reason}")
             out.append({"device": device, "available": False, "reason": entry.reason})
             continue
-        w = idle_window(entry.meter, device, seconds, **window)
+        try:
+            w = idle_window(entry.meter, device, seconds, **window)
+        except Unavailable as e:
+            log(f"energy: the idle window on {device} failed: {e}")
+            out.append({"device": device, "available": True, "idle_w": None, "reason": str(e)})
+            continue
         entry.idle = {"device": device, "available": True, "method": entry.meter.method,
                       "domains": "+".join(entry.meter.domains), "idle_w": w.watts if w.total > 0 else None,
                       "idle_seconds": w.seconds, "idle_joules": dict(w.joules), "note": entry.note}

@@ -145,16 +145,21 @@ class SampledMeter:
         self._samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._error: Exception | None = None
 
     def sample(self) -> None:
         self._samples.append((self.clock(), self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1e3))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.sample()
+            try:
+                self.sample()
+            except errors(self.nvml) as e:  # kept for end() to raise in the caller's thread
+                self._error = e
+                return
 
     def begin(self) -> None:
-        self._samples = []
+        self._samples, self._error = [], None
         self.sample()
         if self.thread:
             self._stop.clear()
@@ -166,6 +171,8 @@ class SampledMeter:
             self._stop.set()
             self._worker.join()
             self._worker = None
+        if self._error is not None:
+            raise self._error
         self.sample()
         return {self.domains[0]: integrate(self._samples)}
 

@@ -274,6 +274,19 @@ def test_a_counter_that_did_not_move_is_refused():
     assert row["energy_reason"].endswith("the energy counters did not move over a 1.20 s window: not counted")
 
 
+def test_a_counter_that_fails_mid_window_is_a_reason_not_a_failed_configuration():
+    clock = Clock()
+
+    class Gone(FakeMeter):
+        def end(self, start):
+            raise FileNotFoundError(2, "No such file or directory", "/sys/class/powercap/intel-rapl:0/energy_uj")
+
+    entry = energy.DeviceEnergy("cpu", Gone(clock))
+    row = energy.training_energy(loop_at(clock, 0.1), 0.1, "cpu", 8, entry=entry, **window(clock))
+    assert row["energy_reason"].startswith("energy: not available: reading the energy counters failed: "
+                                           "FileNotFoundError: [Errno 2] No such file or directory")
+
+
 def test_without_a_meter_nothing_runs_and_the_row_says_why():
     def never(n, on_step):
         raise AssertionError("no meter: no energy window")
