@@ -192,6 +192,55 @@ def test_no_nvml_is_not_available_with_the_reason(monkeypatch):
     assert entry.meter is None and entry.reason.startswith("no NVML")
 
 
+FAKE_LIBNVML = r"""
+#include <string.h>
+static unsigned long long energy_mj = 1000000;
+static int device = 7;
+int nvmlInit_v2(void) { return 0; }
+const char *nvmlErrorString(int rc) { return rc == 6 ? "Not Found" : "Unknown Error"; }
+int nvmlDeviceGetHandleByIndex_v2(unsigned int index, void **handle) {
+    if (index != 0) return 6;
+    *handle = &device; return 0;
+}
+int nvmlDeviceGetHandleByUUID(const char *uuid, void **handle) {
+    if (strcmp(uuid, "GPU-1234") != 0) return 6;
+    *handle = &device; return 0;
+}
+int nvmlDeviceGetTotalEnergyConsumption(void *handle, unsigned long long *mj) {
+    if (handle != &device) return 2;
+    energy_mj += 1500; *mj = energy_mj; return 0;  /* 1.5 J more at every read */
+}
+int nvmlDeviceGetPowerUsage(void *handle, unsigned int *mw) {
+    if (handle != &device) return 2;
+    *mw = 123456; return 0;
+}
+"""
+
+
+def test_the_ctypes_binding_passes_handles_and_counters_as_the_c_api_expects(tmp_path):
+    """A stand-in libnvidia-ml.so.1 with the C signatures of nvml.h, built here: the binding's
+    argument and result types are checked on a CPU (the real library is the GPU machine's)."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the stand-in NVML library")
+    (tmp_path / "fake.c").write_text(FAKE_LIBNVML)
+    lib = tmp_path / "libnvidia-ml-fake.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "fake.c")], check=True)
+    nv = nvml.CtypesNvml(str(lib))
+    nv.nvmlInit()
+    handle = nv.nvmlDeviceGetHandleByUUID("GPU-1234")
+    assert nv.nvmlDeviceGetHandleByIndex(0).value == handle.value
+    with pytest.raises(NvmlError, match="Not Found") as e:
+        nv.nvmlDeviceGetHandleByUUID("GPU-other")
+    assert e.value.value == 6
+    meter = nvml.gpu_meter(nv, handle, "gpu0")
+    assert meter.method == "nvml-counter" and meter.end(meter.begin()) == {"gpu0": 1.5}
+    assert nv.nvmlDeviceGetPowerUsage(handle) == 123456
+
+
 # ---- windows --------------------------------------------------------------------------------
 
 class Clock:
