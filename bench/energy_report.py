@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import breakeven
+from bench import breakeven, energy
 from bench.cost import ENERGY_PRICE
 from bench.figures import _lines_vs_batch
 from bench.markdown import to_markdown
@@ -157,9 +157,10 @@ def report_section(df: pd.DataFrame, systems: list[dict], tp: pd.DataFrame, colo
                                 "energy_above_idle.png")
     if above_fig:
         parts += [f"![Energy above idle]({above_fig})", ""]
-    parts += ["- A window of each configuration's own training loop after its timed rounds, at least 1 s (NVML's "
-              "counter moves about every 100 ms), sized from the steady step time and extended when it came out "
-              "short; never counted when still short or when the counters did not move. CPU: RAPL package and "
+    parts += ["- A window of each configuration's own training loop after its timed rounds, at least "
+              f"{energy.MIN_WINDOW_S:g} s (NVML's counter moves about every 100 ms), sized from the steady step time "
+              "and extended when it came out short; never counted when still short or when the counters did not "
+              "move. CPU: RAPL package and "
               "DRAM energy (the whole socket: other processes' work counts too). GPU: NVML's energy counter (or "
               "sampled power), plus the host's RAPL domains where readable. Above idle = energy per image x (1 - "
               "idle W / mean W)."]

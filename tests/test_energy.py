@@ -367,6 +367,20 @@ def test_idle_power_is_measured_once_and_said_once():
     assert lines == ["energy: not available on cpu: no powercap here"]
 
 
+def test_the_numbers_the_docs_and_the_schema_state_are_the_codes():
+    from pathlib import Path
+
+    from bench.results import COLUMNS
+
+    doc = " ".join((Path(__file__).parents[1] / "docs" / "energy.md").read_text().split())
+    words = {1: "once", 2: "twice", 3: "three times"}
+    for text in (f"at least {energy.MIN_WINDOW_S:g} s at the steady step", f"over {energy.IDLE_SECONDS:g} s with",
+                 f"sampled every {nvml.SAMPLE_INTERVAL_S * 1e3:g} ms", f"(up to {words[energy.EXTENSIONS]})",
+                 f"A window costs at least {energy.MIN_WINDOW_S:g} s"):
+        assert text in doc, text
+    assert f"(at least {energy.MIN_WINDOW_S:g}:" in COLUMNS["energy_window_s"]
+
+
 # ---- in a sweep -------------------------------------------------------------------------------
 
 def test_a_sweep_without_counters_says_so_once_and_in_every_row(tmp_path, monkeypatch):
