@@ -81,19 +81,19 @@ def most_frugal(ef: pd.DataFrame, price_kwh: float | None = None) -> pd.DataFram
     return out.reset_index(drop=True)
 
 
-def energy_at(ef: pd.DataFrame, device_key: str, model: str, batch_size: int, precision: str) -> float | None:
-    """Energy per image of a device's fastest variant at one point, or None."""
+def energy_at(ef: pd.DataFrame, device_key: str, model: str, batch_size: int, precision: str) -> pd.Series | None:
+    """The energy row of a device's fastest variant at one point, or None."""
     g = ef[(ef["device_key"] == device_key) & (ef["model"] == model) & (ef["batch_size"] == batch_size)
            & (ef["precision"] == precision)]
-    return None if g.empty else float(g.loc[g["images_per_s"].idxmax(), "j_per_image"])
+    return None if g.empty else g.loc[g["images_per_s"].idxmax()]
 
 
 def per_million_images(df: pd.DataFrame, device_key: str, model: str, batch_size: int, precision: str,
                        price_kwh: float) -> float | None:
     """The cost of the energy of a million images at one point (bench/cost.py's table)."""
     ef = energy_frame(df)
-    j = None if ef.empty else energy_at(ef, device_key, model, batch_size, precision)
-    return None if j is None else j * 1e6 / J_PER_KWH * price_kwh
+    at = None if ef.empty else energy_at(ef, device_key, model, batch_size, precision)
+    return None if at is None else float(at["j_per_image"]) * 1e6 / J_PER_KWH * price_kwh
 
 
 def ratio_table(df: pd.DataFrame, tp: pd.DataFrame) -> pd.DataFrame:
@@ -111,9 +111,10 @@ def ratio_table(df: pd.DataFrame, tp: pd.DataFrame) -> pd.DataFrame:
             if c is None or g is None:
                 continue
             rows.append({"gpu": gpu, "cpu": cpu, "model": p.model, "batch_size": p.batch_size,
-                         "MFLOP/image": p.flops_per_image / 1e6, "GPU J/image": g, "gpu_precision": p.gpu_precision,
-                         "CPU J/image": c, "cpu_precision": p.cpu_precision, "GPU/CPU energy": g / c,
-                         "GPU/CPU speedup": p.speedup})
+                         "MFLOP/image": p.flops_per_image / 1e6, "GPU J/image": g["j_per_image"],
+                         "gpu_precision": p.gpu_precision, "CPU J/image": c["j_per_image"],
+                         "cpu_precision": p.cpu_precision, "GPU/CPU energy": g["j_per_image"] / c["j_per_image"],
+                         "GPU/CPU speedup": p.speedup, "gpu_domains": g["domains"], "cpu_domains": c["domains"]})
     return pd.DataFrame(rows)
 
 
@@ -121,9 +122,11 @@ def ratio_lines(table: pd.DataFrame) -> list[str]:
     lines = []
     for (gpu, cpu), g in table.groupby(["gpu", "cpu"], sort=False):
         less = g[g["GPU/CPU energy"] < 1]
+        domains = " / ".join(dict.fromkeys(g["gpu_domains"])) + " against " + " / ".join(
+            dict.fromkeys(g["cpu_domains"]))
         lines.append(f"**Energy** ({gpu} vs {cpu}): the GPU trains an image on less energy than the CPU at "
                      f"{len(less)} of {len(g)} points measured on both (GPU/CPU energy per image "
-                     f"{g['GPU/CPU energy'].min():.2g}x to {g['GPU/CPU energy'].max():.2g}x).")
+                     f"{g['GPU/CPU energy'].min():.2g}x to {g['GPU/CPU energy'].max():.2g}x; {domains}).")
     return lines
 
 
@@ -173,9 +176,10 @@ def report_section(df: pd.DataFrame, systems: list[dict], tp: pd.DataFrame, colo
     parts += ["", "Each device's least energy per image, per model:", "", to_markdown(table, floatfmt=fmts), ""]
     ratios = ratio_table(df, tp)
     if not ratios.empty:
+        ratios_view = ratios.drop(columns=["gpu_domains", "cpu_domains"])
         parts += ["On the size map's points (each device at its fastest precision there), where both devices "
                   "measured energy:", "", *[f"- {line}" for line in ratio_lines(ratios)], "",
-                  to_markdown(ratios, floatfmt=("", "", "", "", ".4g", ".4g", "", ".4g", "", ".3g", ".3g")), ""]
+                  to_markdown(ratios_view, floatfmt=("", "", "", "", ".4g", ".4g", "", ".4g", "", ".3g", ".3g")), ""]
     return parts
 
 

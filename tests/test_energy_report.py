@@ -61,8 +61,8 @@ def test_the_report_draws_energy_and_gives_the_gpu_cpu_ratio_on_the_size_map(run
     # the least energy per image: CPU tutorial-w1 at bs 16 (0.012 J), GPU tutorial-w2 at bs 16 (0.01 J)
     assert "bs 16 fp32" in section and "0.012" in section
     # GPU/CPU energy per point: 4, 0.5, 2, 0.25: less on the GPU at 2 of 4, from 0.25x to 4x
-    assert "less energy than the CPU at 2 of 4 points measured on both (GPU/CPU energy per image 0.25x to 4x)" \
-        in section
+    assert "less energy than the CPU at 2 of 4 points measured on both (GPU/CPU energy per image 0.25x to 4x; gpu0 " \
+           "against package-0+dram-0)" in section
     df, _, _ = load_runs(runs)
     table = energy_report.ratio_table(df, throughput(df)).set_index(["model", "batch_size"])
     for (model, bs), (c, cj, g, gj) in POINTS.items():
