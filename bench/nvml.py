@@ -17,8 +17,7 @@ from collections.abc import Callable
 
 from bench import timing
 
-NVML_ERROR_NOT_SUPPORTED = 3  # nvmlReturn_t values (nvml.h)
-NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_NOT_SUPPORTED = 3  # an nvmlReturn_t value (nvml.h)
 LIBRARY = "libnvidia-ml.so.1"
 SAMPLE_INTERVAL_S = 0.02  # the sampled fallback reads power 50 times a second
 
