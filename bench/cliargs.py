@@ -165,7 +165,11 @@ def add_price_flags(parser: argparse.ArgumentParser) -> None:
                         help="price per device-hour, e.g. cpu=0.10,cuda=3.00: adds cost per million images, per "
                              "training run and the speedup per unit of cost (default: no cost shown)")
     parser.add_argument("--price-file", type=Path, default=None,
-                        help='JSON prices per device-hour, e.g. {"cpu": 0.10, "cuda": 3.00} (--price wins)')
+                        help='JSON prices per device-hour, e.g. {"cpu": 0.10, "cuda": 3.00} (--price wins); '
+                             '"kwh": the price per kWh')
+    parser.add_argument("--price-kwh", type=positive_float, default=None, metavar="PRICE",
+                        help="price of a kWh of energy: adds the cost of the measured energy per million images "
+                             "(default: none)")
 
 
 def prices_from_args(args: argparse.Namespace) -> dict | None:
@@ -179,6 +183,10 @@ def prices_from_args(args: argparse.Namespace) -> dict | None:
         except PriceError as e:
             raise UsageError(str(e)) from None
     merged.update(args.price or {})
+    if getattr(args, "price_kwh", None) is not None:
+        from bench.cost import ENERGY_PRICE
+
+        merged[ENERGY_PRICE] = args.price_kwh
     return merged or None
 
 

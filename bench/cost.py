@@ -23,6 +23,7 @@ import pandas as pd
 EPOCH_IMAGES = 50_000
 DEFAULT_EPOCHS = 2  # the tutorial trains two epochs
 PRICED_DEVICES = ("cpu", "cuda")
+ENERGY_PRICE = "kwh"  # among the prices: the price of a kWh of energy (--price-kwh; "kwh" in a price file)
 EXPECTED = "DEVICE=PRICE pairs in currency units per device-hour, e.g. cpu=0.10,cuda=3.00 (devices: cpu, cuda)"
 
 
@@ -31,7 +32,7 @@ class PriceError(ValueError):
 
 
 def _price(device: str, value, shown: str) -> float:
-    if device not in PRICED_DEVICES:
+    if device not in PRICED_DEVICES and device != ENERGY_PRICE:
         raise PriceError(f"could not parse price {shown!r}: unknown device {device!r}; expected {EXPECTED}")
     try:
         x = float(value)
@@ -109,6 +110,11 @@ def cost_table(df: pd.DataFrame, tp: pd.DataFrame, prices: dict[str, float]) -> 
             tt = ok[(ok["device_key"] == key) & (ok["model"] == model)]["time_to_target_s"].dropna()
             if not tt.empty:
                 row["to_target"] = per_s * float(tt.min())
+        if ENERGY_PRICE in prices:  # the measured energy of that setting, at the price per kWh
+            from bench.energy_report import per_million_images
+
+            row["energy_per_million_images"] = per_million_images(df, key, model, best["batch_size"],
+                                                                  best["precision"], prices[ENERGY_PRICE])
         rows.append(row)
     if not rows:
         return pd.DataFrame()
@@ -147,16 +153,19 @@ def report_section(df: pd.DataFrame, tp: pd.DataFrame, prices: dict[str, float] 
     """The report's cost section; empty without prices."""
     from bench.markdown import to_markdown
 
-    if not prices:
+    hourly = {k: v for k, v in (prices or {}).items() if k != ENERGY_PRICE}
+    if not hourly:  # (a price per kWh alone is shown in the energy section)
         return []
     table = cost_table(df, tp, prices)
-    head = ["## Cost", "", "Prices per device-hour: " + ", ".join(f"{k} {v:g}" for k, v in prices.items())
+    energy = f" Energy at {prices[ENERGY_PRICE]:g} per kWh: what the measured energy of that setting costs." \
+        if ENERGY_PRICE in prices else ""
+    head = ["## Cost", "", "Prices per device-hour: " + ", ".join(f"{k} {v:g}" for k, v in hourly.items())
             + f". A training run = {run_epochs(df)} epochs of {EPOCH_IMAGES:,} images at the fastest measured "
-              "throughput (an estimate: no evaluation or input stalls).", ""]
+              "throughput (an estimate: no evaluation or input stalls)." + energy, ""]
     if table.empty:
         return head + ["No results on a priced device.", ""]
     view = table.rename(columns={"price_per_hour": "price/h", "images_per_s": "img/s",
                                  "per_million_images": "per 1M images", "per_run": "per run (est.)",
-                                 "to_target": "to target"})
-    return head + [*[f"- {line}" for line in cost_lines(df, tp, prices)], "",
-                   to_markdown(view, floatfmt=("", "", "g", "", ",.0f", ".4g", ".4g", ".4g", "")), ""]
+                                 "to_target": "to target", "energy_per_million_images": "energy per 1M images"})
+    fmts = ("", "", "g", "", ",.0f", ".4g", ".4g", ".4g", "") + ((".4g",) if ENERGY_PRICE in prices else ())
+    return head + [*[f"- {line}" for line in cost_lines(df, tp, prices)], "", to_markdown(view, floatfmt=fmts), ""]

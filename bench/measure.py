@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bench import protocol, system, timing
+from bench import energy, protocol, system, timing
 from bench.config import RunConfig
 from cnn.data import Cifar10Arrays, DeviceBatches, classic_loader
 from cnn.models import parameter_count
@@ -206,11 +206,13 @@ def train_for_accuracy(cfg: RunConfig, trainer: Trainer, inputs: Inputs, phase: 
 
 def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callable[[str], None],
             peak_tflops: Callable[[], float], save_predictions: Callable | None,
-            dist=None) -> tuple[dict, float | None]:
+            dist=None, once: bool = True) -> tuple[dict, float | None]:
     """Every figure of one configuration's row, and its steady step time (for the sweep's
     budget predictions). `save_predictions` is None on ranks other than 0. An accuracy run
     (epochs > 0) trains and is timed epoch by epoch, end to end; its throughput is measured
-    by the grid's own configuration of the same model, batch size and precision."""
+    by the grid's own configuration of the same model, batch size and precision. `once`: this
+    visit measures what a configuration needs only once (its energy window), as the first
+    pass does."""
     trainer = build_trainer(cfg, device, None if dist is None else dist.group_for(device))
     row: dict = {"data": inputs.data.source, "lr": trainer.lr, "train_size": len(inputs.data.train_y),
                  "test_size": len(inputs.data.test_y), "flops_per_image": system.training_flops_per_image(cfg.model),
@@ -225,6 +227,9 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
     timed, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,
                                 gather=(lambda x: [x]) if dist is None else dist.all_gather)
     row.update(timed)
+    if once:
+        row.update(energy.training_energy(training_loop(trainer, stream), step, device, cfg.batch_size, phase,
+                                          distributed=dist is not None))
     del stream
     if save_predictions is not None:  # under DDP rank 0 alone evaluates; the others wait
         row.update(time_eval(cfg, trainer, inputs.test, phase, policy))

@@ -57,6 +57,8 @@ PASS_FIELDS = ("status", "reason", "train_images_per_s", "ceiling_images_per_s",
                "warmup_steps", "warmup_seconds", "warmup_settled", "startup_seconds", "compile_seconds",
                "peak_memory_mb", "peak_memory_total_mb", "cpu_percent", "step_ms_no_sync", "comm_share",
                "visit_seconds", "finished_at")
+# Measured in the first pass only (bench/measure.py `once`) and carried over to later rows.
+ONCE_PREFIXES = ("energy_",)
 RATE_FIELDS = ("train_images_per_s", "ceiling_images_per_s", "fraction_of_ceiling", "eval_images_per_s",
                "step_ms_median", "step_ms_iqr", "median_ci", "cpu_percent", "step_ms_no_sync", "comm_share")
 
@@ -132,7 +134,8 @@ def merge(previous: dict | None, visit: dict, pass_index: int) -> dict:
     samples) with every pass so far in `pass_results` and the figures taken over the ok ones."""
     entries = [e for e in (previous or {}).get("pass_results") or [] if e["pass"] != pass_index]
     entries = sorted([*entries, pass_entry(visit, pass_index)], key=lambda e: e["pass"])
-    row = {**visit, "pass_results": entries}
+    once = {k: v for k, v in (previous or {}).items() if k.startswith(ONCE_PREFIXES) and v is not None}
+    row = {**visit, **{k: v for k, v in once.items() if visit.get(k) is None}, "pass_results": entries}
     ok = [e for e in entries if e["status"] == "ok"]
     row["passes_run"] = len(ok)
     if not ok:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import accuracy_report, breakeven, cost, method, passes, protocol
+from bench import accuracy_report, breakeven, cost, energy_report, method, passes, protocol
 from bench.equivalence import equivalence_table
 from bench.figures import fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup, lines_vs_batch
 from bench.frames import (
@@ -335,6 +335,7 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
                                  f"({r.diff_pp:+.2f} pp, {r.seeds} seeds)" for r in eq.itertuples())
     for line in breakeven.summary_lines(df, tp) + (cost.cost_lines(df, tp, prices) if prices else []):
         text += "\n" + line.replace("**", "")
+    text += "\n" + energy_report.summary_line(df)
     return text
 
 
@@ -393,6 +394,7 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         "",
         *breakeven.report_section(df, tp, out),
         *cost.report_section(df, tp, prices),
+        *energy_report.report_section(df, systems, tp, colours, out, prices),
     ]
     for title, name in figures.items():
         if name:

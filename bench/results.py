@@ -118,6 +118,20 @@ COLUMNS: dict[str, str] = {
     "config_id": "short id of the RunConfig (links predictions/<id>.npz)",
     "finished_at": "UNIX time the row was written",
     "parameters": "model parameters (cnn.models.parameter_count)",
+    # Energy (bench/energy.py): a window of the training loop after the timed rounds, >= 1 s. The JSON row
+    # also holds the joules per domain (energy_joules); system.json the idle windows ("energy").
+    "energy_j_per_image": "energy per training image (J): the window's joules, every domain in energy_domains, "
+                          "over its images",
+    "energy_mean_w": "mean power over the energy window (W), every domain in energy_domains",
+    "energy_domains": "what was counted, '+'-joined: package-N and dram-N (RAPL: the whole CPU socket and its "
+                      "memory, other processes included), gpuN (NVML: the GPU board)",
+    "energy_method": "rapl | nvml-counter (the GPU's energy counter) | nvml-power-sampled (power integrated, "
+                     "GPUs before Volta); '+'-joined for a GPU and its host",
+    "energy_window_s": "seconds of the energy window (at least 1: NVML's counter moves about every 100 ms)",
+    "energy_window_steps": "training steps in the energy window",
+    "energy_idle_w": "the same domains' power with this process asleep, measured once before the sweep (W); "
+                     "energy above idle per image = (energy_mean_w - energy_idle_w) x window s / images",
+    "energy_reason": "why the row has no energy figures ('energy: not available: ...')",
 }
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench import measure, passes, protocol, resources, system, timing
+from bench import energy, measure, passes, protocol, resources, system, timing
 from bench.config import RunConfig, is_reference
 from bench.distributed import Distributed, RankFailed
 from bench.passes import is_grid
@@ -166,6 +166,9 @@ class Runner:
         before the first configuration or after the last (rank 0 of a job: its own)."""
         if not self.main or not configs:
             return
+        if when == "before" and "energy" not in self.system:  # once per run, before any work warms the machine
+            devices = [d for d in dict.fromkeys(c.device for c in configs) if unsupported_reason(d, "fp32") is None]
+            self.system["energy"] = energy.machine_check(devices, self.log, distributed=self.dist is not None)
         for cfg in dict.fromkeys(RunConfig(c.device, "tutorial", 1, c.precision) for c in configs):
             if unsupported_reason(cfg.device, cfg.precision) is None:
                 self.peak(cfg.device, cfg.precision, when)
@@ -352,7 +355,8 @@ class Runner:
                     metrics, step = measure.measure(
                         cfg, device, inputs, phase,
                         lambda: self.peak(cfg.device, cfg.precision)["tflops"] * peak_scale,
-                        self.store.save_predictions if self.main else None, self.dist)
+                        self.store.save_predictions if self.main else None, self.dist,
+                        once=(pass_index or 1) == 1)
                 if step is not None:
                     self._history.setdefault(self._line(cfg), []).append((cfg.batch_size, step))
                 row.update(status="ok", reason=None, **metrics)
