@@ -25,7 +25,9 @@ from bench.cliargs import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     UsageError,
+    _add_gpu_flags,
     _add_price_flags,
+    _gpu,
     _prices,
     alpha_level,
     choice_list,
@@ -129,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--margin", type=positive_float, default=1.0, help=margin_help)
     report.add_argument("--alpha", type=alpha_level, default=0.05, help=alpha_help)
     _add_price_flags(report)
+    _add_gpu_flags(report)
     report.add_argument("--readme", type=Path, default=None,
                         help="also copy the report's headline figure and summary lines into this file, between "
                              "<!-- headline:start --> and <!-- headline:end -->")
@@ -138,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--margin", type=positive_float, default=1.0, help=margin_help)
     summ.add_argument("--alpha", type=alpha_level, default=0.05, help=alpha_help)
     _add_price_flags(summ)
+    _add_gpu_flags(summ)
 
     eq = sub.add_parser("equivalence", help="accuracy equivalence verdicts; exit 3 if any pair is not equivalent",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -190,11 +194,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.results import ResultsError
 
     price = _prices(args)
+    gpu, gpus = _gpu(args)
     if args.readme is not None and not args.readme.is_file():
         raise UsageError(f"--readme {args.readme}: no such file; expected a markdown file with the headline markers")
     try:
         path = write_report(args.run_dirs, args.out, margin_pp=args.margin, alpha=args.alpha, warn=_warn,
-                            prices=price)
+                            prices=price, gpu=gpu, gpus=gpus)
     except ResultsError as e:
         raise UsageError(str(e)) from None
     except EquivalenceError as e:
@@ -219,8 +224,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from bench.report import summary_text
     from bench.results import ResultsError
 
+    gpu, gpus = _gpu(args)
     try:
-        print(summary_text(args.run_dirs, args.margin, alpha=args.alpha, warn=_warn, prices=_prices(args)))
+        print(summary_text(args.run_dirs, args.margin, alpha=args.alpha, warn=_warn, prices=_prices(args),
+                           gpu=gpu, gpus=gpus))
     except ResultsError as e:
         raise UsageError(str(e)) from None
     except EquivalenceError as e:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bench import protocol, system, timing
+from bench import protocol, stepcost, system, timing
 from bench.config import RunConfig
 from cnn.data import Cifar10Arrays, DeviceBatches, classic_loader
 from cnn.models import parameter_count
@@ -211,6 +211,8 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
     other = ("ceiling", ceiling_loop(trainer, stream)) if dist is None else ("no_sync", no_sync_loop(trainer, stream))
     row, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,
                               gather=(lambda x: [x]) if dist is None else dist.all_gather)
+    if dist is None:  # operators and bytes of one step, for the GPU speedup bound (not timed)
+        row.update(stepcost.measure_step(trainer, *next(stream)))
     del stream
     row.update(data=inputs.data.source, lr=trainer.lr, train_size=len(inputs.data.train_y),
                test_size=len(inputs.data.test_y))

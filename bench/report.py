@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display needed
 import pandas as pd  # noqa: E402
 
-from bench import breakeven, cost  # noqa: E402
+from bench import bound_report, breakeven, cost  # noqa: E402
 from bench.equivalence import equivalence_table, explanation, verdict_table  # noqa: E402
 from bench.figures import _lines_vs_batch, fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup  # noqa: E402
 from bench.frames import (  # noqa: E402
@@ -288,9 +288,10 @@ def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
 
 
 def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None, alpha: float = 0.05,
-                 prices: dict[str, float] | None = None) -> str:
-    """The headline table and the verdicts, for a terminal (the same check as `equivalence`)."""
-    df, _, _ = load_runs(run_dirs, warn)
+                 prices: dict[str, float] | None = None, gpu=None, gpus=None) -> str:
+    """The headline table and the verdicts, for a terminal (the same check as `equivalence`).
+    `gpu`/`gpus`: the GPU of the speedup bound and the table (bench/gpus.py; default H100 SXM)."""
+    df, _, systems = load_runs(run_dirs, warn)
     if df.empty:
         return "(no results)"
     tp = throughput(df)
@@ -305,14 +306,17 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
     if not eq.empty:
         text += "\n" + "\n".join(f"- {r.model} bs {r.batch_size}: {r.candidate} vs {r.reference}: {r.verdict} "
                                  f"({r.diff_pp:+.2f} pp, {r.seeds} seeds)" for r in eq.itertuples())
-    for line in breakeven.summary_lines(df, tp) + (cost.cost_lines(df, tp, prices) if prices else []):
+    for line in (breakeven.summary_lines(df, tp) + (cost.cost_lines(df, tp, prices) if prices else [])
+                 + bound_report.summary_lines(df, tp, systems, gpu, gpus)):
         text += "\n" + line.replace("**", "")
     return text
 
 
 def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, margin_pp: float = 1.0,
-                 warn=None, alpha: float = 0.05, prices: dict[str, float] | None = None) -> Path:
-    """Build report.md and figures in `out` (default: the first run folder)."""
+                 warn=None, alpha: float = 0.05, prices: dict[str, float] | None = None, gpu=None,
+                 gpus=None) -> Path:
+    """Build report.md and figures in `out` (default: the first run folder). `gpu`/`gpus`:
+    the GPU of the speedup bound and the table (bench/gpus.py; default H100 SXM)."""
     run_dirs = [Path(d) for d in run_dirs]
     out = Path(out) if out is not None else run_dirs[0]
     df, rows, systems = load_runs(run_dirs, warn)  # validates every folder before writing anything
@@ -345,6 +349,7 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     from bench.scaling import fig_scaling, scaling_markdown, scaling_table  # scale-out runs, when present
 
     scaling = scaling_table(df)
+    gpu_bound = bound_report.Section(df, tp, systems, gpu, gpus)  # the size map's contour, then its section
     n_ok = int((df["status"] == "ok").sum())
     data = ", ".join(sorted(set(df["data"].dropna()))) or "unknown"
     parts = [
@@ -359,7 +364,8 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         "",
         to_markdown(headline(df, tp, eq)),
         "",
-        *breakeven.report_section(df, tp, out),
+        *breakeven.report_section(df, tp, out, overlay=gpu_bound.overlay),
+        *gpu_bound.lines(),
         *cost.report_section(df, tp, prices),
     ]
     for title, name in figures.items():

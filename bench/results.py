@@ -10,7 +10,8 @@ A run folder holds:
                   A resumed sweep appends a rerun's row after the old one: readers keep the
                   latest row of each configuration (`latest_rows`).
   results.csv     the scalar columns of the same rows, rewritten through pandas after each
-  system.json     machine and software facts, and the measured peaks
+  system.json     machine and software facts, the measured peaks, the host cost of one
+                  operator (host_op) and the memory bandwidth (memory_bandwidth)
   predictions/    per-example test predictions of each accuracy run (<id>.npz, uint8),
                   used by the equivalence check
   sweep.json      the list of configurations asked for, so `--resume` can finish it
@@ -104,6 +105,17 @@ COLUMNS: dict[str, str] = {
     "config_id": "short id of the RunConfig (links predictions/<id>.npz)",
     "finished_at": "UNIX time the row was written",
     "parameters": "model parameters (cnn.models.parameter_count)",
+
+    # What one step must cost on any device (bench/stepcost.py; the GPU speedup bound, bench/bound.py)
+    "step_ops": "leaf aten operators one training step launches (forward + backward + optimizer, SGD fused as "
+                "on CUDA), counted with torch.profiler on one step",
+    "step_ops_forward": "step_ops of the forward pass (loss included)",
+    "step_ops_backward": "step_ops of the backward pass (under the autograd engine)",
+    "step_ops_optimizer": "step_ops after the backward: optimizer step, zero_grad, GradScaler",
+    "step_state_bytes": "bytes of the weights, their gradients and the optimizer state",
+    "step_saved_bytes": "bytes of the distinct storages saved for backward (saved_tensors_hooks), weights excluded",
+    "step_min_bytes": "bytes one step must move at least: 2 x step_state_bytes (each read and written) + "
+                      "2 x step_saved_bytes (written once, read once)",
 }
 
 
