@@ -3,6 +3,7 @@ on the model size map, from stored rows only (the arithmetic: bench/bound.py).""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +24,17 @@ def fmt_x(x: float) -> str:
 
 def _ms(x: float) -> str:
     return f"{x:.3g}"
+
+
+def plain(x, digits: int = 3) -> str:
+    """`digits` significant figures without an exponent (0.0000518, 20,200); blank for none."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    x = float(x)
+    if x == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(x)))
+    return f"{round(x, digits - 1 - mag):,.{max(0, digits - 1 - mag)}f}"
 
 
 def resolve(gpu: GpuSpec | None, gpus: dict[str, GpuSpec] | None) -> tuple[GpuSpec, dict[str, GpuSpec]]:
@@ -150,10 +162,12 @@ def self_check_table(sc: pd.DataFrame) -> str:
         step_ms=("step_ms", "median"), host_ms=("host_ms", "max"), compute_ms=("compute_ms", "max"),
         memory_ms=("memory_ms", "max"), bound_step_ms=("bound_step_ms", "max"), binds=("binds", "first"),
         ratio=("ratio", "max")).reset_index()
+    for c in ("step_ms", "host_ms", "compute_ms", "memory_ms", "bound_step_ms"):
+        g[c] = g[c].map(plain)
     g = g.drop(columns="device_key").rename(columns={
         "batch_size": "batch", "step_ms": "measured step ms", "host_ms": "host ms", "compute_ms": "compute ms",
         "memory_ms": "memory ms", "bound_step_ms": "bound step ms", "ratio": "measured / bound"})
-    return to_markdown(g, floatfmt=("", "", "", ".3g", ".3g", ".3g", ".3g", ".3g", "", ".2f"))
+    return to_markdown(g, floatfmt=("", "", "", "", "", "", "", "", "", ".2f"))
 
 
 def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu: GpuSpec | None = None,
@@ -198,7 +212,7 @@ def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu: 
 
 
 def report_section(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu: GpuSpec | None = None,
-                   gpus: dict[str, GpuSpec] | None = None, contour_drawn: bool = False) -> list[str]:
+                   gpus: dict[str, GpuSpec] | None = None, contour: str | None = None) -> list[str]:
     """Markdown lines of "What a GPU could give" (empty without CPU results)."""
     if df.empty or tp.empty or not (tp["device_kind"] == "cpu").any():
         return []
@@ -236,12 +250,12 @@ def report_section(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu:
                 "binds": "binds", "bound": "bound (eager)", "bound_graphs": "bound (CUDA graphs)",
                 "verdict": "verdict"}
         view = view[list(cols)].rename(columns=cols)
-        fmt = ["", ".3g", ".0f", ".3g", ".3g", ".3g", "", "", ".3g", ".3g", ""]
+        for c in ("CPU step ms", "host ms", "compute ms", "memory ms", "bound (eager)", "bound (CUDA graphs)"):
+            view[c] = view[c].map(plain)
         if not mv.empty:
             meas = mv[mv["model"] == model].groupby("batch_size")["measured"].max()
-            view.insert(9, "measured", ok["batch_size"].map(meas).to_numpy())
-            fmt.insert(9, ".3g")
-        parts += ["", to_markdown(view, floatfmt=tuple(fmt)), ""]
+            view.insert(9, "measured", ok["batch_size"].map(meas).map(plain).to_numpy())
+        parts += ["", to_markdown(view, floatfmt=".0f"), ""]
         unavailable = m[~m["available"].astype(bool)]
         if not unavailable.empty:
             parts += [f"Not available at batch {', '.join(str(b) for b in unavailable['batch_size'])}: "
@@ -264,9 +278,12 @@ def report_section(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu:
         else:
             parts += [f"- **flagged**: {r.model} batch {r.batch_size}: measured {fmt_x(r.measured)} > bound "
                       f"{fmt_x(r.bound)}: {r.why}." for r in above.itertuples()] + [""]
-    if contour_drawn:
+    if contour == "line":
         parts += [f"On the model size map above, the dashed white line is where the {gpu.name} bound equals 1: below "
                   "it (smaller models and batches) no GPU of that kind can pay off in eager mode.", ""]
+    elif contour:
+        parts += [f"On the model size map above, the {gpu.name} bound is {contour} 1 in every cell of the grid, so "
+                  "no bound = 1 line crosses it.", ""]
     for kind in ("cpu", "cuda"):
         sc = bound.self_check(df, systems, kind)
         if not sc.empty:
@@ -280,8 +297,10 @@ def report_section(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu:
 
 def size_map_overlay(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu: GpuSpec | None = None,
                      gpus: dict[str, GpuSpec] | None = None) -> Callable | None:
-    """A function (ax, device_key, models) -> bool that draws the bound = 1 contour on a CPU
-    device's panel of the size map (True when it drew), or None without bounds."""
+    """A function (ax, device_key, models) that draws the bound = 1 contour on a CPU device's
+    panel of the size map and returns "line", or, where the bound does not cross 1 inside the
+    grid, says so on the panel and returns where it lies ("above", "below"); None where it
+    drew nothing. None instead of the function without bounds."""
     from bench.breakeven import _grid
 
     gpu, gpus = resolve(gpu, gpus)
@@ -291,22 +310,22 @@ def size_map_overlay(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gp
     pts = bt[bt["available"].astype(bool)].copy()
     pts["log_bound"] = np.log2(pts["bound"].astype(float))
 
-    def draw(ax, device_key: str, models: list[str]) -> bool:
+    def draw(ax, device_key: str, models: list[str]) -> str | None:
         d = pts[pts["device_key"] == device_key]
         if d.empty:
-            return False
+            return None
         xs, ys, z = _grid(d, "log_bound", models)
         if z.count() == 0:
-            return False
+            return None
         label = f"{gpu.name} bound = 1 (eager)"
         if len(xs) >= 2 and len(ys) >= 2 and z.min() < 0 < z.max():
             cs = ax.contour(xs, ys, z, levels=[0.0], colors="white", linestyles="--", linewidths=2)
             ax.clabel(cs, fmt={0.0: label}, fontsize=7)
-        else:
-            where = "below" if z.max() < 0 else "above"
-            ax.text(0.01, 0.01, f"{label}: {where} 1 everywhere", transform=ax.transAxes, fontsize=7,
-                    color="white", backgroundcolor="black")
-        return True
+            return "line"
+        where = "below" if z.max() < 0 else "above" if z.min() > 0 else "on both sides of"
+        ax.text(0.01, 0.01, f"{gpu.name} speedup bound (eager): {where} 1 in every cell", transform=ax.transAxes,
+                fontsize=7, color="white", backgroundcolor="black")
+        return where
 
     return draw
 
@@ -319,12 +338,13 @@ class Section:
                  gpus: dict[str, GpuSpec] | None = None):
         self.df, self.tp, self.systems = df, tp, systems
         self.gpu, self.gpus = resolve(gpu, gpus)
-        self.drawn = False
+        self.contour: str | None = None
         self._draw = size_map_overlay(df, tp, systems, self.gpu, self.gpus) if not tp.empty else None
 
     def overlay(self, ax, device_key: str, models: list[str]) -> None:
-        if self._draw is not None and self._draw(ax, device_key, models):
-            self.drawn = True
+        drawn = self._draw(ax, device_key, models) if self._draw is not None else None
+        if drawn is not None and self.contour != "line":
+            self.contour = drawn
 
     def lines(self) -> list[str]:
-        return report_section(self.df, self.tp, self.systems, self.gpu, self.gpus, contour_drawn=self.drawn)
+        return report_section(self.df, self.tp, self.systems, self.gpu, self.gpus, contour=self.contour)

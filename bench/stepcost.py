@@ -155,12 +155,27 @@ def saved_storages(exclude: set[int]) -> Iterator[dict[int, int]]:
         yield seen
 
 
+def step_operators(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict[str, list[str]]:
+    """Leaf aten operators of one step of `trainer` on (x, y), by phase (count_ops)."""
+    timing.synchronize(trainer.device)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.step(x, y)
+        timing.synchronize(trainer.device)
+    return count_ops(prof.events())
+
+
+def eager_gpu_style(trainer: Trainer) -> Trainer:
+    """The same trainer (weights, optimizer state, precision) stepping eagerly with the
+    optimizer as on CUDA: what measure_step counts."""
+    return dataclasses.replace(trainer, optimizer=gpu_style_optimizer(trainer), compiled=None, compile_mode=None)
+
+
 def measure_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict:
     """The row's columns for one step of `trainer` on (x, y), eager (a compiled trainer's
     eager model), with the GPU-style optimizer: one step under saved-tensor hooks (bytes),
     then one under the profiler (operators). Two steps of training on the trainer's
     weights: call it after the timed loops, before the accuracy epochs (which reset)."""
-    step = dataclasses.replace(trainer, optimizer=gpu_style_optimizer(trainer), compiled=None, compile_mode=None)
+    step = eager_gpu_style(trainer)
     sizes = state_bytes(step)
     exclude = {_storage(p)[0] for p in step.module.parameters()}
     exclude |= {_storage(t)[0] for s in step.optimizer.state.values() for t in s.values()
@@ -168,11 +183,7 @@ def measure_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict:
     with saved_storages(exclude) as saved:
         step.step(x, y)
     saved_bytes = sum(saved.values())
-    timing.synchronize(step.device)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step.step(x, y)
-        timing.synchronize(step.device)
-    ops = count_ops(prof.events())
+    ops = step_operators(step, x, y)
     moved = 2 * (sizes["weights"] + sizes["grads"] + sizes["optimizer_state"]) + 2 * saved_bytes
     return {"step_ops": sum(len(v) for v in ops.values()),
             **{f"step_ops_{p}": len(ops[p]) for p in PHASES},
