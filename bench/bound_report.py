@@ -23,7 +23,8 @@ def fmt_x(x: float) -> str:
 
 
 def _ms(x: float) -> str:
-    return f"{x:.3g}"
+    """Three significant figures in prose, whole numbers from 1,000 (no exponent)."""
+    return f"{x:.3g}" if x < 1000 else f"{x:,.0f}"
 
 
 def plain(x, digits: int = 3) -> str:
@@ -48,11 +49,11 @@ def why(r, gpu: GpuSpec) -> str:
         head = (f"each step launches {r.ops:.0f} operators whose dispatch alone takes at least {r.host_ms:.2g} ms "
                 "here")
     elif r.binds == "compute":
-        head = (f"each step is {r.flops_per_step / 1e9:.3g} GFLOP of matmuls and convolutions, at least "
+        head = (f"each step is {_ms(r.flops_per_step / 1e9)} GFLOP of matmuls and convolutions, at least "
                 f"{r.compute_ms:.2g} ms at the {gpu.name}'s dense {r.gpu_precision} peak of "
                 f"{gpu.peak(r.gpu_precision):g} TFLOP/s")
     else:
-        head = (f"each step must move at least {r.bytes / 1e6:.3g} MB (weights, gradients and momentum read and "
+        head = (f"each step must move at least {_ms(r.bytes / 1e6)} MB (weights, gradients and momentum read and "
                 f"written, activations saved for backward written and read), at least {r.memory_ms:.2g} ms at "
                 f"{gpu.memory_gbps / 1e3:.3g} TB/s")
     if r.bound >= 1:
