@@ -38,9 +38,19 @@ def plain(x, digits: int = 3) -> str:
     return f"{round(x, digits - 1 - mag):,.{max(0, digits - 1 - mag)}f}"
 
 
-def resolve(gpu: GpuSpec | None, gpus: dict[str, GpuSpec] | None) -> tuple[GpuSpec, dict[str, GpuSpec]]:
+def resolve(gpu: GpuSpec | None, gpus: dict[str, GpuSpec] | None,
+            df: pd.DataFrame | None = None) -> tuple[GpuSpec, dict[str, GpuSpec]]:
+    """The GPU of the bound: `gpu`; else the one GPU the CUDA rows ran on when the table
+    knows it; else DEFAULT_GPU. And the table (`gpus`, else bench/gpus.json)."""
     table = gpus if gpus is not None else load_gpus()
-    return (gpu if gpu is not None else lookup(DEFAULT_GPU, table)), table
+    if gpu is not None:
+        return gpu, table
+    if df is not None and not df.empty:
+        names = df.loc[df["device"].astype(str).str.startswith("cuda"), "device_name"].dropna().unique()
+        known = {s.name: s for s in (for_device(str(n), table) for n in names) if s is not None}
+        if len(known) == 1:
+            return next(iter(known.values())), table
+    return lookup(DEFAULT_GPU, table), table
 
 
 def why(r, gpu: GpuSpec) -> str:
@@ -177,7 +187,7 @@ def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu: 
     and with CUDA rows the measured speedups above their bound and the GPU self-check."""
     if df.empty or tp.empty:
         return []
-    gpu, gpus = resolve(gpu, gpus)
+    gpu, gpus = resolve(gpu, gpus, df)
     bt = bound.bound_table(df, tp, systems, gpu)
     lines = []
     ok = bt[bt["available"].astype(bool)] if not bt.empty else bt
@@ -217,7 +227,7 @@ def report_section(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu:
     """Markdown lines of "What a GPU could give" (empty without CPU results)."""
     if df.empty or tp.empty or not (tp["device_kind"] == "cpu").any():
         return []
-    gpu, gpus = resolve(gpu, gpus)
+    gpu, gpus = resolve(gpu, gpus, df)
     bt = bound.bound_table(df, tp, systems, gpu)
     if bt.empty:
         return []
@@ -338,7 +348,7 @@ class Section:
     def __init__(self, df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu: GpuSpec | None = None,
                  gpus: dict[str, GpuSpec] | None = None):
         self.df, self.tp, self.systems = df, tp, systems
-        self.gpu, self.gpus = resolve(gpu, gpus)
+        self.gpu, self.gpus = resolve(gpu, gpus, df)
         self.contour: str | None = None
         self._draw = size_map_overlay(df, tp, systems, self.gpu, self.gpus) if not tp.empty else None
 

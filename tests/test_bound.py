@@ -278,6 +278,15 @@ def test_a_fake_cuda_row_above_its_bound_is_flagged_and_explained(cpu_folder, tm
         assert "1 above the bound (flagged)" in "\n".join(summary_lines(df, tp, systems))
 
 
+def test_without_gpu_the_bound_is_for_the_gpu_the_cuda_rows_ran_on(cpu_folder, tmp_path):
+    gpu = write_folder(tmp_path / "h200", [row("cuda", "tutorial", 4, 3000.0, device_name="NVIDIA H200")],
+                       {"host": "server", "cuda_available": True, "gpu_name": "NVIDIA H200"})
+    df, tp, systems = frames(cpu_folder, gpu)
+    assert "**H200 SXM**" in "\n".join(Section(df, tp, systems).lines())
+    df, tp, systems = frames(cpu_folder)
+    assert "**H100 SXM**" in "\n".join(Section(df, tp, systems).lines())
+
+
 def test_report_and_summary_take_gpu_and_gpu_file_and_refuse_bad_ones_in_one_line(cpu_folder, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["report", str(cpu_folder), "--out", str(out), "--gpu", "a100 40gb"]) == 0
@@ -339,3 +348,40 @@ def test_the_bound_on_this_cpu_never_exceeds_what_it_measured(real_run):
     bt = bound.bound_table(df, tp, systems, lookup(DEFAULT_GPU, load_gpus()))
     assert bt["available"].all() and (bt["bound"] > 0).all()
     assert set(bt["binds"]) <= set(bound.TERMS)
+
+
+# --------------------------------------------------------------------------------------
+# The GPU side (make gpu-check runs the cuda-marked tests): the bound on the GPU itself
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("model, batch_size, precision", [("tutorial", 32, "fp32"), ("resnet18", 128, "fp16")])
+def test_the_bound_on_this_gpu_never_exceeds_its_measured_step(model, batch_size, precision):
+    """The bound's arithmetic on the GPU that is here, with its own measured figures (matmul
+    peak, memory bandwidth, this host's cost per operator) in place of a datasheet: the
+    lower step must not exceed the measured step (live numbers compared with each other).
+    Also: on CUDA the count holds the trainer's own fused SGD, and a GradScaler's unscale
+    and update land in the optimizer phase."""
+    from bench import system, timing
+
+    device = torch.device("cuda")
+    trainer = make_trainer(model, device, precision, batch_size=batch_size)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 10, (batch_size,), generator=g).to(device)
+    for _ in range(3):
+        trainer.step(x, y)
+    ops = stepcost.step_operators(trainer, x, y)
+    assert "aten::_fused_sgd_" in ops["optimizer"] and ops["forward"] and ops["backward"]
+    if precision == "fp16":
+        assert any("_amp_" in n for n in ops["optimizer"]), ops["optimizer"]
+    cols = stepcost.measure_step(trainer, x, y)
+    # steady steps, as a training loop runs them: ten queued per synchronisation
+    step = min(timing.time_repeated(lambda: [trainer.step(x, y) for _ in range(10)], device, min_repeats=5,
+                                    max_seconds=1.0, warmup=1)) / 10
+    host_us = stepcost.host_op_cost()["us_per_op"]
+    gbps = stepcost.memory_bandwidth("cuda", seconds=0.3)["gbps"]
+    peak = system.measure_peak_tflops("cuda", precision, seconds=0.3)["tflops"]
+    flops = system.training_flops_per_image(model) * batch_size
+    lower = bound.lower_step(cols["step_ops"], host_us, flops, peak, cols["step_min_bytes"], gbps)
+    assert lower["step"] <= step, (lower, step)
