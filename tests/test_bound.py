@@ -250,7 +250,14 @@ def test_a_self_check_above_one_is_said_to_break_the_method(tmp_path):
     df, tp, systems = frames(folder)
     sc = bound.self_check(df, systems, "cpu")
     assert sc["ratio"].iloc[0] == pytest.approx(6.7 / 1.024)
-    assert "row(s) above 1: the method does not hold there" in "\n".join(summary_lines(df, tp, systems))
+    assert "1 row(s) above 1 where memory binds: the method does not hold there" in \
+        "\n".join(summary_lines(df, tp, systems))
+    # where compute binds, a ratio over 1 is an MFU over 100%: the peak probe, not the method
+    low_peak = {**CPU_SYS, "peaks": [{**CPU_SYS["peaks"][0], "tflops": 0.0005}]}  # 1.024e9 / 5e8 = 2.05 s
+    folder = write_folder(tmp_path / "cpu2", [row("cpu", "tutorial", 1024, 1000.0, **LARGE)], low_peak)
+    text = "\n".join(summary_lines(*frames(folder)))
+    assert "1 row(s) above 1 where compute binds, i.e. MFU above 100% of the measured matmul peak" in text
+    assert "the method does not hold" not in text
 
 
 def gpu_folder(tmp_path, host_us):
