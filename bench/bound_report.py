@@ -308,6 +308,12 @@ def report_section(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu:
     elif contour:
         parts += [f"On the model size map above, the {gpu.name} bound is {contour} 1 in every cell of the grid, so "
                   "no bound = 1 line crosses it.", ""]
+    avail = bt[bt["available"].astype(bool)]
+    if not avail.empty and (avail["bound"] >= 1).all() and (avail["binds"] == "host").any():
+        parts += ["Where the host term binds the bound cannot fall below 1 on the machine that measured it: the CPU "
+                  "step contains the dispatch of the same operators (the self-check below holds it to that). A "
+                  "bound below 1 takes a GPU whose compute or memory floor exceeds this CPU's step; here the "
+                  f"section's answer is the ceiling on the speedup ({DOC}).", ""]
     for kind in ("cpu", "cuda"):
         sc = bound.self_check(df, systems, kind)
         if not sc.empty:
