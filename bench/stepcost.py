@@ -4,7 +4,8 @@ one byte cost on this machine (per sweep, stored in system.json). bench/bound.py
 into the bound on a GPU's speedup (docs/gpu-bound.md).
 
 Per configuration (`measure_step`, one extra step on the measured trainer, after its timed
-loops and before its accuracy epochs, which start again from the seed's weights):
+loops and before its accuracy epochs, which start again from the seed's weights; the
+trainer is warm, so the step has no first-call work):
   step_ops     leaf `aten::` operators of one step (forward, backward, optimizer), counted
                with torch.profiler. The optimizer is SGD as a CUDA trainer runs it (the fused
                kernel, one operator for every parameter; the CPU trainer loops over
@@ -172,18 +173,18 @@ def eager_gpu_style(trainer: Trainer) -> Trainer:
 
 def measure_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict:
     """The row's columns for one step of `trainer` on (x, y), eager (a compiled trainer's
-    eager model), with the GPU-style optimizer: one step under saved-tensor hooks (bytes),
-    then one under the profiler (operators). Two steps of training on the trainer's
-    weights: call it after the timed loops, before the accuracy epochs (which reset)."""
+    eager model), with the GPU-style optimizer, under the profiler (operators) and
+    saved-tensor hooks (bytes) at once: the hooks run Python only, no operator (a test holds
+    the two counts equal). One step of training on the trainer's weights: call it after the
+    timed loops, before the accuracy epochs (which reset)."""
     step = eager_gpu_style(trainer)
     sizes = state_bytes(step)
     exclude = {_storage(p)[0] for p in step.module.parameters()}
     exclude |= {_storage(t)[0] for s in step.optimizer.state.values() for t in s.values()
                 if isinstance(t, torch.Tensor)}
     with saved_storages(exclude) as saved:
-        step.step(x, y)
+        ops = step_operators(step, x, y)
     saved_bytes = sum(saved.values())
-    ops = step_operators(step, x, y)
     moved = 2 * (sizes["weights"] + sizes["grads"] + sizes["optimizer_state"]) + 2 * saved_bytes
     return {"step_ops": sum(len(v) for v in ops.values()),
             **{f"step_ops_{p}": len(ops[p]) for p in PHASES},

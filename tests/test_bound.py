@@ -62,7 +62,19 @@ def test_the_trainers_own_cpu_optimizer_is_counted_in_the_optimizer_phase():
     assert len(own["forward"]) == len(fused["forward"]) and len(own["backward"]) == len(fused["backward"])
 
 
-def test_measure_step_counts_the_eager_step_of_a_compiled_trainer_and_keeps_its_optimizer():
+def test_saved_tensor_hooks_add_no_operator():
+    """measure_step counts operators and bytes in one step: the hooks must not change the count."""
+    trainer = make_trainer("tutorial", "cpu", "bf16", batch_size=2)
+    x, y = batch()
+    trainer.step(x, y)
+    step = stepcost.eager_gpu_style(trainer)
+    plain_count = stepcost.step_operators(step, x, y)
+    with stepcost.saved_storages(set()) as saved:
+        hooked = stepcost.step_operators(step, x, y)
+    assert saved and hooked == plain_count
+
+
+def test_measure_step_counts_the_eager_step_and_keeps_the_trainers_optimizer():
     trainer = make_trainer("tutorial", "cpu", "fp32", batch_size=4)
     x, y = batch(4)
     trainer.step(x, y)
