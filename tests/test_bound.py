@@ -256,6 +256,26 @@ def test_a_bound_below_one_says_no_gpu_of_that_kind_can_pay_off(tmp_path):
     assert "cannot pay off (eager)" in text and "At no batch size measured can a H100 SXM pay off" in text
 
 
+def test_the_size_map_draws_the_bound_one_contour_where_it_crosses(tmp_path):
+    """A made-up GPU slower than this CPU at the small model (1 GFLOP/s: tutorial-w1 is below 1)
+    and not at the large one (the CPU rows of tutorial-w2 are slow): the line is drawn."""
+    from bench import breakeven
+    from bench.gpus import GpuSpec
+
+    slow = GpuSpec("Slow GPU", {"fp32": 0.001, "tf32": None, "bf16": None, "fp16": None}, 1.0, {})
+    rows = [row("cpu", "tutorial-w1", 4, 2000.0, flops_per_image=3.2e6, **SMALL),
+            row("cpu", "tutorial-w1", 16, 1000.0, flops_per_image=3.2e6, **SMALL),
+            row("cpu", "tutorial-w2", 4, 10.0, flops_per_image=1e7, **SMALL),
+            row("cpu", "tutorial-w2", 16, 20.0, flops_per_image=1e7, **SMALL)]
+    df, tp, systems = frames(write_folder(tmp_path / "cpu", rows, CPU_SYS))
+    section = Section(df, tp, systems, gpu=slow)
+    assert breakeven.report_section(df, tp, tmp_path, overlay=section.overlay)
+    assert section.contour == "line" and (tmp_path / "size_map.png").exists()
+    text = "\n".join(section.lines())
+    assert "the dashed white line is where the Slow GPU bound equals 1" in text
+    assert "cannot pay off (eager)" in text and "may pay off: measure" in text
+
+
 def test_a_self_check_above_one_is_said_to_break_the_method(tmp_path):
     slow_memory = {**CPU_SYS, "memory_bandwidth": [{"device": "cpu", "gbps": 10.0}]}  # 6.7 s > 1.024 s measured
     folder = write_folder(tmp_path / "cpu", [row("cpu", "tutorial", 1024, 1000.0, **LARGE)], slow_memory)
