@@ -16,6 +16,8 @@ and a GradScaler only add operators): each a floor of what that precision needs.
 
 The same arithmetic on a measured row of its own device (its measured matmul peak and memory
 bandwidth in place of a datasheet) must stay below what that row achieved: `self_check`.
+With CUDA rows, each measured speedup is set against the bound for the GPU that ran, and one
+above it is flagged with its likeliest cause: `measured_vs_bound`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.gpus import GpuSpec
+from bench.frames import best_per_batch, models_in
+from bench.gpus import GpuSpec, for_device
 
 TERMS = ("host", "compute", "memory")
 GPU_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -206,3 +209,73 @@ def self_check(df: pd.DataFrame, systems: list[dict], device_kind: str = "cpu") 
                     "bound_step_ms": 1e3 * terms["step"], "binds": terms["binds"], "ratio": ratio,
                     "peak_tflops": peak, "gbps": gbps, "host_us_per_op": host_us, "run_dir": str(Path(r.run_dir))})
     return pd.DataFrame(out)
+
+
+def fmt_x(x: float) -> str:
+    """A speedup: two significant figures, whole numbers from 10."""
+    return f"{x:,.0f}x" if x >= 10 else f"{x:.2g}x"
+
+
+# --------------------------------------------------------------------------------------
+# CUDA rows: the measured speedup next to the bound for that GPU
+# --------------------------------------------------------------------------------------
+
+def measured_vs_bound(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu: GpuSpec,
+                      gpus: dict[str, GpuSpec]) -> pd.DataFrame:
+    """Per CPU/GPU pair, model and batch size both measured: the measured speedup (each
+    device's best, as the break-even map) and the bound for the GPU that ran (matched by
+    name in the table; else `gpu`, said in `gpu`). `above` flags a speedup over its bound,
+    `why` explains it."""
+    if tp.empty or not (tp["device_kind"] == "cuda").any():
+        return pd.DataFrame()
+    out = []
+    for model in models_in(tp):
+        cpu = best_per_batch(tp, "cpu", model)
+        gpu_rows = best_per_batch(tp, "cuda", model)
+        for gkey in gpu_rows["device_key"].unique():
+            g = gpu_rows[gpu_rows["device_key"] == gkey]
+            names = df.loc[df["device_key"] == gkey, "device_name"].dropna()
+            spec = for_device(str(names.iloc[0]), gpus) if not names.empty else None
+            matched = spec is not None
+            spec = spec or gpu
+            bt = bound_table(df, tp, systems, spec)
+            if bt.empty:
+                continue
+            gsys = [_system_of(systems, d) for d in df.loc[df["device_key"] == gkey, "run_dir"].unique()]
+            gpu_host = min((h for h in map(host_us_per_op, gsys) if h), default=None)
+            for ckey in cpu["device_key"].unique():
+                c = cpu[cpu["device_key"] == ckey]
+                for bs in sorted(set(c["batch_size"]) & set(g["batch_size"])):
+                    b = bt[(bt["device_key"] == ckey) & (bt["model"] == model) & (bt["batch_size"] == bs)]
+                    if b.empty or not bool(b["available"].iloc[0]):
+                        continue
+                    b = b.iloc[0]
+                    measured = g.loc[g["batch_size"] == bs, "images_per_s"].max() / \
+                        c.loc[c["batch_size"] == bs, "images_per_s"].max()
+                    row = {"cpu": ckey, "gpu_key": gkey, "gpu": spec.name, "matched": matched, "model": model,
+                           "batch_size": int(bs), "measured": measured, "bound": b["bound"],
+                           "bound_graphs": b["bound_graphs"], "binds": b["binds"], "above": measured > b["bound"],
+                           "why": None}
+                    if row["above"]:
+                        row["why"] = _explain(b, measured, gpu_host, spec, matched)
+                    out.append(row)
+    return pd.DataFrame(out)
+
+
+def _explain(b, measured: float, gpu_host: float | None, spec: GpuSpec, matched: bool) -> str:
+    if not matched:
+        return (f"the bound is for {spec.name}, not the GPU that ran (add it to a --gpu-file with its device_names), "
+                "so it does not apply")
+    if b["binds"] == "host" and gpu_host is not None and gpu_host < b["host_us_per_op"]:
+        host_ms = b["ops"] * gpu_host * 1e-3
+        with_gpu_host = b["cpu_step_ms"] / max(host_ms, b["compute_ms"] or 0, b["memory_ms"] or 0)
+        if measured <= with_gpu_host:
+            return (f"the GPU machine's host CPU is faster than this one: it dispatches an operator in "
+                    f"{gpu_host:.2g} us against {b['host_us_per_op']:.2g} us here (with its cost the bound is "
+                    f"{fmt_x(with_gpu_host)})")
+    text = (f"a term was mis-measured or a datasheet figure is off: the binding term ({b['binds']}, "
+            f"{b[b['binds'] + '_ms']:.3g} ms of a {b['cpu_step_ms']:.3g} ms CPU step) cannot hold for this GPU")
+    if b["binds"] == "compute":
+        text += (" (FLOPs are counted as direct convolutions: cuDNN's Winograd or FFT algorithms do fewer, up to "
+                 "2.25x fewer multiplies for a 3x3 convolution)")
+    return text

@@ -290,7 +290,8 @@ def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
 def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None, alpha: float = 0.05,
                  prices: dict[str, float] | None = None, gpu=None, gpus=None) -> str:
     """The headline table and the verdicts, for a terminal (the same check as `equivalence`).
-    `gpu`/`gpus`: the GPU of the speedup bound and the table (bench/gpus.py; default H100 SXM)."""
+    `gpu`/`gpus`: the GPU of the speedup bound and the table (bench/gpus.py; None: the CUDA rows'
+    GPU when the table knows it, else H100 SXM)."""
     df, _, systems = load_runs(run_dirs, warn)
     if df.empty:
         return "(no results)"
@@ -316,7 +317,8 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
                  warn=None, alpha: float = 0.05, prices: dict[str, float] | None = None, gpu=None,
                  gpus=None) -> Path:
     """Build report.md and figures in `out` (default: the first run folder). `gpu`/`gpus`:
-    the GPU of the speedup bound and the table (bench/gpus.py; default H100 SXM)."""
+    the GPU of the speedup bound and the table (bench/gpus.py; None: the CUDA rows' GPU when
+    the table knows it, else H100 SXM)."""
     run_dirs = [Path(d) for d in run_dirs]
     out = Path(out) if out is not None else run_dirs[0]
     df, rows, systems = load_runs(run_dirs, warn)  # validates every folder before writing anything

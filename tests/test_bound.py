@@ -11,7 +11,8 @@ from runfolders import write_folder
 from torch import nn
 
 from bench import bound, stepcost
-from bench.bound_report import Section, measured_vs_bound, plain, summary_lines
+from bench.bound import measured_vs_bound
+from bench.bound_report import Section, plain, summary_lines
 from bench.cli import main
 from bench.frames import load_runs, throughput
 from bench.gpus import DEFAULT_GPU, GpuError, for_device, load_file, load_gpus, lookup, parse_table
