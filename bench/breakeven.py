@@ -268,8 +268,11 @@ def fig_speedup_map(df: pd.DataFrame, tp: pd.DataFrame, out: Path, name: str = "
     return save_figure(fig, out, name)
 
 
-def fig_device_map(df: pd.DataFrame, tp: pd.DataFrame, out: Path, name: str = "size_map.png") -> str | None:
-    """Throughput and MFU over model size x batch size, one row of panels per device."""
+def fig_device_map(df: pd.DataFrame, tp: pd.DataFrame, out: Path, name: str = "size_map.png",
+                   overlay=None) -> str | None:
+    """Throughput and MFU over model size x batch size, one row of panels per device.
+    `overlay(ax, device_key, models)` may draw on each panel (the GPU speedup bound = 1
+    contour, bench/bound_report.py)."""
     mf = map_frame(df, tp)
     if mf.empty or mf["flops_per_image"].nunique() < 2:
         return None
@@ -292,6 +295,8 @@ def fig_device_map(df: pd.DataFrame, tp: pd.DataFrame, out: Path, name: str = "s
             _annotate(ax, xs, ys, z, fmt)
             _others(ax, d, models, value, cmap, norm, fmt)
             _axes(ax, xs, ys)
+            if overlay is not None:
+                overlay(ax, key, models)
             fig.colorbar(mesh, ax=ax).set_label(label)
             ax.set_title(f"{key}: {label}", fontsize=9)
     fig.suptitle("Model size x batch size: where the device saturates (throughput and MFU per cell)", fontsize=10)
@@ -310,8 +315,9 @@ def speedup_table(df: pd.DataFrame, tp: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def report_section(df: pd.DataFrame, tp: pd.DataFrame, out: Path) -> list[str]:
-    """Markdown lines of the report's break-even section (empty when there is no map)."""
+def report_section(df: pd.DataFrame, tp: pd.DataFrame, out: Path, overlay=None) -> list[str]:
+    """Markdown lines of the report's break-even section (empty when there is no map);
+    `overlay` draws on the size map's panels (fig_device_map)."""
     from bench.markdown import to_markdown
 
     speed = fig_speedup_map(df, tp, out)
@@ -327,7 +333,7 @@ def report_section(df: pd.DataFrame, tp: pd.DataFrame, out: Path) -> list[str]:
                 "measured; cells without both are blank. The crossover is interpolated in log speedup between "
                 "the two measured model sizes around it.", "",
                 to_markdown(view, floatfmt=("", "", "", "", ".4g", ",.0f", "", ",.0f", "", ".3g")), ""]
-    size = fig_device_map(df, tp, out)
+    size = fig_device_map(df, tp, out, overlay=overlay)
     if size is None:
         return []
     return ["## Model size map", "", f"![Model size map]({size})", "",

@@ -25,12 +25,14 @@ from bench.cliargs import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     UsageError,
+    add_gpu_flags,
     add_price_flags,
     alpha_level,
     choice_list,
     comma_list,
     device_item,
     fraction,
+    gpu_from_args,
     model_list,
     non_negative_int,
     parse_devices,
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--margin", type=positive_float, default=1.0, help=margin_help)
     report.add_argument("--alpha", type=alpha_level, default=0.05, help=alpha_help)
     add_price_flags(report)
+    add_gpu_flags(report)
     report.add_argument("--readme", type=Path, default=None,
                         help="also copy the report's headline figure and summary lines into this file, between "
                              "<!-- headline:start --> and <!-- headline:end -->")
@@ -143,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--margin", type=positive_float, default=1.0, help=margin_help)
     summ.add_argument("--alpha", type=alpha_level, default=0.05, help=alpha_help)
     add_price_flags(summ)
+    add_gpu_flags(summ)
 
     eq = sub.add_parser("equivalence", help="accuracy equivalence verdicts; exit 3 if any pair is not equivalent",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -215,11 +219,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from bench.results import ResultsError
 
     price = prices_from_args(args)
+    gpu, gpus = gpu_from_args(args)
     if args.readme is not None and not args.readme.is_file():
         raise UsageError(f"--readme {args.readme}: no such file; expected a markdown file with the headline markers")
     try:
         path = write_report(args.run_dirs, args.out, margin_pp=args.margin, alpha=args.alpha, warn=_warn,
-                            prices=price)
+                            prices=price, gpu=gpu, gpus=gpus)
     except ResultsError as e:
         raise UsageError(str(e)) from None
     except EquivalenceError as e:
@@ -244,8 +249,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from bench.report import summary_text
     from bench.results import ResultsError
 
+    gpu, gpus = gpu_from_args(args)
     try:
-        print(summary_text(args.run_dirs, args.margin, alpha=args.alpha, warn=_warn, prices=prices_from_args(args)))
+        print(summary_text(args.run_dirs, args.margin, alpha=args.alpha, warn=_warn, prices=prices_from_args(args),
+                           gpu=gpu, gpus=gpus))
     except ResultsError as e:
         raise UsageError(str(e)) from None
     except EquivalenceError as e:

@@ -230,3 +230,28 @@ def parse_seeds(value: str) -> tuple:
     return ("count", positive_int(value))
 
 
+
+
+def add_gpu_flags(parser: argparse.ArgumentParser) -> None:
+    from bench.gpus import DEFAULT_GPU
+
+    parser.add_argument("--gpu", default=None, metavar="NAME",
+                        help="GPU of the speedup bound (\"What a GPU could give\"), from bench/gpus.json or "
+                             f"--gpu-file (default: the GPU of the CUDA results when the table knows it, else "
+                             f"{DEFAULT_GPU})")
+    parser.add_argument("--gpu-file", type=Path, default=None,
+                        help='JSON of more GPUs, {"gpus": {"NAME": {"fp32_tflops": ..., "tf32_tflops": ..., '
+                             '"bf16_tflops": ..., "fp16_tflops": ..., "memory_gbps": ...}}} (dense figures; see '
+                             "docs/gpu-bound.md)")
+
+
+def gpu_from_args(args: argparse.Namespace) -> tuple:
+    """(the chosen GpuSpec or None for the default, the whole table), or UsageError naming
+    the bad value."""
+    from bench.gpus import GpuError, load_gpus, lookup
+
+    try:
+        table = load_gpus(args.gpu_file)
+        return (None if args.gpu is None else lookup(args.gpu, table)), table
+    except GpuError as e:
+        raise UsageError(str(e)) from None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bench import energy, protocol, system, timing
+from bench import energy, protocol, stepcost, system, timing
 from bench.config import RunConfig
 from cnn.data import Cifar10Arrays, DeviceBatches, classic_loader
 from cnn.models import parameter_count
@@ -227,6 +227,8 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
     timed, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,
                                 gather=(lambda x: [x]) if dist is None else dist.all_gather)
     row.update(timed)
+    if once and dist is None:  # operators and bytes of one step, for the GPU speedup bound (not timed)
+        row.update(stepcost.measure_step(trainer, *next(stream)))
     if once:
         row.update(energy.training_energy(training_loop(trainer, stream), step, device, cfg.batch_size, phase,
                                           distributed=dist is not None))

@@ -58,7 +58,7 @@ PASS_FIELDS = ("status", "reason", "train_images_per_s", "ceiling_images_per_s",
                "peak_memory_mb", "peak_memory_total_mb", "cpu_percent", "step_ms_no_sync", "comm_share",
                "visit_seconds", "finished_at")
 # Measured in the first pass only (bench/measure.py `once`) and carried over to later rows.
-ONCE_PREFIXES = ("energy_",)
+ONCE_PREFIXES = ("energy_", "step_ops", "step_state_bytes", "step_saved_bytes", "step_min_bytes")
 RATE_FIELDS = ("train_images_per_s", "ceiling_images_per_s", "fraction_of_ceiling", "eval_images_per_s",
                "step_ms_median", "step_ms_iqr", "median_ci", "cpu_percent", "step_ms_no_sync", "comm_share")
 

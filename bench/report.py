@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import accuracy_report, breakeven, cost, energy_report, method, passes, protocol
+from bench import accuracy_report, bound_report, breakeven, cost, energy_report, method, passes, protocol
 from bench.equivalence import equivalence_table
 from bench.figures import fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup, lines_vs_batch
 from bench.frames import (
@@ -315,8 +315,10 @@ def not_run_lines(systems: Sequence[dict]) -> list[str]:
 
 
 def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=None, alpha: float = 0.05,
-                 prices: dict[str, float] | None = None) -> str:
-    """The headline table and the verdicts, for a terminal (the same check as `equivalence`)."""
+                 prices: dict[str, float] | None = None, gpu=None, gpus=None) -> str:
+    """The headline table and the verdicts, for a terminal (the same check as `equivalence`).
+    `gpu`/`gpus`: the GPU of the speedup bound and the table (bench/gpus.py; None: the CUDA rows'
+    GPU when the table knows it, else H100 SXM)."""
     df, _, systems = load_runs(run_dirs, warn)
     if df.empty:
         return "(no results)"
@@ -333,15 +335,19 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
     if not eq.empty:
         text += "\n" + "\n".join(f"- {r.model} bs {r.batch_size}: {r.candidate} vs {r.reference}: {r.verdict} "
                                  f"({r.diff_pp:+.2f} pp, {r.seeds} seeds)" for r in eq.itertuples())
-    for line in breakeven.summary_lines(df, tp) + (cost.cost_lines(df, tp, prices) if prices else []):
+    for line in (breakeven.summary_lines(df, tp) + (cost.cost_lines(df, tp, prices) if prices else [])
+                 + bound_report.summary_lines(df, tp, systems, gpu, gpus)):
         text += "\n" + line.replace("**", "")
     text += "\n" + energy_report.summary_line(df)
     return text
 
 
 def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, margin_pp: float = 1.0,
-                 warn=None, alpha: float = 0.05, prices: dict[str, float] | None = None) -> Path:
-    """Build report.md and figures in `out` (default: the first run folder)."""
+                 warn=None, alpha: float = 0.05, prices: dict[str, float] | None = None, gpu=None,
+                 gpus=None) -> Path:
+    """Build report.md and figures in `out` (default: the first run folder). `gpu`/`gpus`:
+    the GPU of the speedup bound and the table (bench/gpus.py; None: the CUDA rows' GPU when
+    the table knows it, else H100 SXM)."""
     run_dirs = [Path(d) for d in run_dirs]
     out = Path(out) if out is not None else run_dirs[0]
     df, rows, systems = load_runs(run_dirs, warn)  # validates every folder before writing anything
@@ -377,6 +383,7 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     from bench.scaling import fig_scaling, scaling_markdown, scaling_table  # scale-out runs, when present
 
     scaling = scaling_table(df)
+    gpu_bound = bound_report.Section(df, tp, systems, gpu, gpus)  # the size map's contour, then its section
     n_ok = int((df["status"] == "ok").sum())
     data = ", ".join(sorted(set(df["data"].dropna()))) or "unknown"
     parts = [
@@ -392,7 +399,8 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         "",
         to_markdown(headline(df, tp, eq)),
         "",
-        *breakeven.report_section(df, tp, out),
+        *breakeven.report_section(df, tp, out, overlay=gpu_bound.overlay),
+        *gpu_bound.lines(),
         *cost.report_section(df, tp, prices),
         *energy_report.report_section(df, systems, tp, colours, out, prices),
     ]

@@ -14,7 +14,8 @@ A run folder holds:
                   A resumed sweep appends a rerun's row after the old one: readers keep the
                   latest row of each configuration (`latest_rows`).
   results.csv     the scalar columns of the same rows, rewritten through pandas after each
-  system.json     machine and software facts, and the measured peaks
+  system.json     machine and software facts, the measured peaks, the host cost of one
+                  operator (host_op) and the memory bandwidth (memory_bandwidth)
   predictions/    per-example test predictions of each accuracy run (<id>.npz, uint8),
                   used by the equivalence check
   sweep.json      the list of configurations asked for, so `--resume` can finish it
@@ -132,6 +133,17 @@ COLUMNS: dict[str, str] = {
     "energy_idle_w": "the same domains' power with this process asleep, measured once before the sweep (W); "
                      "energy above idle per image = (energy_mean_w - energy_idle_w) x window s / images",
     "energy_reason": "why the row has no energy figures ('energy: not available: ...')",
+
+    # What one step must cost on any device (bench/stepcost.py; the GPU speedup bound, bench/bound.py)
+    "step_ops": "leaf aten operators one training step launches (forward + backward + optimizer, SGD fused as "
+                "on CUDA), counted with torch.profiler on one step",
+    "step_ops_forward": "step_ops of the forward pass (loss included)",
+    "step_ops_backward": "step_ops of the backward pass (under the autograd engine)",
+    "step_ops_optimizer": "step_ops after the backward: optimizer step, zero_grad, GradScaler",
+    "step_state_bytes": "bytes of the weights, their gradients and the optimizer state",
+    "step_saved_bytes": "bytes of the distinct storages saved for backward (saved_tensors_hooks), weights excluded",
+    "step_min_bytes": "bytes one step must move at least: 2 x step_state_bytes (each read and written) + "
+                      "2 x step_saved_bytes (written once, read once)",
 }
 
 

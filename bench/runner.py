@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench import energy, measure, passes, protocol, resources, system, timing
+from bench import energy, measure, passes, protocol, resources, stepcost, system, timing
 from bench.config import RunConfig, is_reference
 from bench.distributed import Distributed, RankFailed
 from bench.passes import is_grid
@@ -77,6 +77,7 @@ class Runner:
         self._inputs = measure.InputCache()
         self._peaks: dict[tuple[str, str], dict] = {}
         self._drift: dict[str, dict] = {}
+        self._stepcost: dict = {}  # host cost per operator, memory bandwidth (bench/stepcost.py)
         self._history: dict[tuple, list[tuple[int, float]]] = {}
         self._rows: dict[str, dict] = {}  # the latest row of each configuration (passes merge into it)
         self._sizes: tuple[int | None, int | None] = (None, None)
@@ -157,7 +158,7 @@ class Runner:
 
     def _write_system(self) -> None:
         self.folder.write_system({**self.system, "peaks": list(self._peaks.values()),
-                                  "drift": list(self._drift.values())})
+                                  "drift": list(self._drift.values()), **self._stepcost})
 
     # ---- the sweep ---------------------------------------------------------------------
 
@@ -172,6 +173,8 @@ class Runner:
         for cfg in dict.fromkeys(RunConfig(c.device, "tutorial", 1, c.precision) for c in configs):
             if unsupported_reason(cfg.device, cfg.precision) is None:
                 self.peak(cfg.device, cfg.precision, when)
+        stepcost.probe_machine(self._stepcost, [d for d in dict.fromkeys(c.device for c in configs)
+                                                if unsupported_reason(d, "fp32") is None], self.probe_seconds)
         if self.dist is not None or self.drift_seconds == 0:
             return  # (distributed: the other ranks share the machine while rank 0 would time alone)
         for device in dict.fromkeys(c.device for c in configs):

@@ -2,7 +2,9 @@
 # One prepared GPU run (make gpu-check): an import check, the CUDA tests, a GPU sweep sized
 # for an H100/H200 with the CPU reference runs on the machine's own CPUs, the loop
 # performance table, the equivalence verdicts, the report, and a short summary printed last,
-# all within a bound printed at the start (under 7 minutes).
+# all within a bound printed at the start (under 7 minutes). The summary carries the GPU
+# speedup bound's check (docs/gpu-bound.md): each measured GPU/CPU speedup against the bound
+# for this GPU (above it: flagged), and the bound on the GPU itself against its measured steps.
 #
 # Needs no install: runs from the repository with PYTHONPATH=. and the python3 that holds
 # torch (or $PYTHON); the first stage checks every import and says what is missing and how

@@ -426,7 +426,8 @@ def test_a_sweep_with_a_meter_fills_the_columns(tmp_path, monkeypatch):
     assert r["energy_j_per_image"] == pytest.approx(r["energy_mean_w"] * r["energy_window_s"]
                                                     / (r["energy_window_steps"] * 8))
     header = (tmp_path / "run" / "results.csv").read_text().splitlines()[0].split(",")
-    assert header[-8:] == ["energy_j_per_image", "energy_mean_w", "energy_domains", "energy_method",
+    start = header.index("energy_j_per_image")
+    assert header[start:start + 8] == ["energy_j_per_image", "energy_mean_w", "energy_domains", "energy_method",
                            "energy_window_s", "energy_window_steps", "energy_idle_w", "energy_reason"]
     system = json.loads((tmp_path / "run" / "system.json").read_text())
     assert system["energy"][0]["available"] and system["energy"][0]["domains"] == "package-0"
