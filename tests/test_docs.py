@@ -165,6 +165,36 @@ def test_figures_quoted_from_committed_reports_are_theirs():
     assert not wrong, "\n".join(wrong)
 
 
+def test_the_synthetic_accuracy_quoted_is_the_reference_reports_and_the_tests():
+    from bench import api
+
+    acc = api.load(ROOT / "reports" / "cpu-amd-epyc-2core-20261128").accuracy()
+    fp32 = acc[(acc["precision"] == "fp32") & (acc["batch_size"] == 32) & (acc["epochs"] == 2)]["test_accuracy"]
+    low, high = re.search(r"assert (0\.\d+) <= accuracy <= (0\.\d+)", read("tests/test_train.py")).groups()
+    text = flat(read("docs/models-and-data.md"))
+    assert f"({100 * fp32.min():.1f}-{100 * fp32.max():.1f}% over the {len(fp32)} seeds at batch 32 in fp32" in text
+    assert f"`tests/test_train.py` requires {100 * float(low):g}-{100 * float(high):g}% after 2 epochs" in text
+
+
+def test_model_sizes_are_the_counted_ones():
+    from bench import api
+    from bench.system import training_flops_per_image
+    from cnn.models import build_model, count_parameters
+
+    rows = api.load(ROOT / "reports" / "cpu-amd-epyc-2core-20261128").results.groupby("model").first()
+    text = flat(read("docs/models-and-data.md"))
+    tutorial, wide, resnet = (rows.loc[m] for m in ("tutorial", "tutorial-wide", "resnet18"))
+    assert f"\"Training a Classifier\" tutorial | {int(tutorial.parameters):,} |" in text
+    assert f"~{wide.flops_per_image / tutorial.flops_per_image:.0f}x its training FLOPs | " \
+           f"{wide.parameters / 1e6:.1f} M |" in text
+    assert f"(3x3 stride-1 stem, no max-pool) | {resnet.parameters / 1e6:.1f} M |" in text
+    assert f"(`tutorial-wide` is {wide.flops_per_image / 1e6:,.1f} MFLOP, `resnet18` " \
+           f"{resnet.flops_per_image / 1e6:,.0f} MFLOP.)" in text
+    mine = "examples/my_model.py:build"
+    assert f"is one ({count_parameters(build_model(mine)):,} parameters, " \
+           f"{training_flops_per_image(mine) / 1e6:.1f} MFLOP per training image)" in text
+
+
 def test_the_loop_cost_quoted_is_the_performance_tables():
     table = read("reports/performance/vm-cpu-20261128.md")
     head, *rows = [line for line in table.splitlines() if line.startswith("| tutorial") or "device / ceiling" in line]
