@@ -174,7 +174,7 @@ class _Progress:
     def __init__(self, enabled: bool):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=0, unit="cfg", disable=not enabled, leave=False) if enabled else None
+        self.bar = tqdm(total=0, unit="cfg", leave=False) if enabled else None
         self.lines: list[str] = []
 
     def __call__(self, message: str) -> None:

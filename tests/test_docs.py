@@ -195,6 +195,14 @@ def test_model_sizes_are_the_counted_ones():
            f"{training_flops_per_image(mine) / 1e6:.1f} MFLOP per training image)" in text
 
 
+def test_the_notebook_extra_is_what_the_docs_name_and_make_test_installs():
+    extra = re.search(r"^notebook = \[(.*)\]$", read("pyproject.toml"), flags=re.MULTILINE).group(1)
+    packages = [re.match(r'"([\w-]+)', p.strip()).group(1) for p in extra.split(",")]
+    assert f"`notebook` extra ({', '.join(packages)})" in flat(read("docs/python-api.md"))
+    assert re.search(r"^\t\$\(BIN\)/python -m pip install .* -e '\.\[dev,notebook\]'$", read("Makefile"),
+                     flags=re.MULTILINE)
+
+
 def test_the_loop_cost_quoted_is_the_performance_tables():
     table = read("reports/performance/vm-cpu-20261128.md")
     head, *rows = [line for line in table.splitlines() if line.startswith("| tutorial") or "device / ceiling" in line]
