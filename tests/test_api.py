@@ -180,6 +180,7 @@ def test_the_progress_bar_follows_the_runners_lines(capsys):
 
 # ---- a real sweep -----------------------------------------------------------------------------
 
+@pytest.mark.slow  # peaks and drift probes: about 30 s on a loaded 2-core machine
 def test_a_tiny_sweep_runs_and_reports(tmp_path):
     runs = api.run(preset="quick", models="tutorial", batch_sizes=[16], precisions=["fp32"], epochs=0,
                    data="synthetic", train_size=256, test_size=64, max_seconds=0.05, max_config_seconds=2, threads=1,
