@@ -15,7 +15,7 @@ RUNS ?= runs
 # interrupted install is retried rather than taken for done.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,notebook]'
 	touch $@
 
 .venv venv: $(STAMP)
