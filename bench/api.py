@@ -20,7 +20,6 @@ a keyword here without a change to this module.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -108,61 +107,13 @@ def _warn(message: str) -> None:
 
 # ---- running a sweep ----------------------------------------------------------------------
 
-def sweep_request(args: argparse.Namespace, world: int = 1):
-    """The SweepRequest `cifar-bench run` builds from its flags (bench.cli_run.cmd_run;
-    tests/test_api.py holds the two to the same configurations)."""
-    from bench.config import SweepRequest
-
-    seeds = None
-    base = args.seed or 0
-    if args.seeds is not None:
-        seeds = tuple(range(base, base + args.seeds[1])) if args.seeds[0] == "count" else args.seeds
-    elif args.seed is not None:
-        seeds = (args.seed,)
-    budget = {}
-    if args.max_config_seconds is not None:
-        budget["max_config_seconds"] = args.max_config_seconds
-    if args.max_seconds is not None:
-        budget["max_seconds"] = args.max_seconds
-    on_off = {"auto": None, "on": True, "off": False}
-    return SweepRequest(
-        preset=args.preset or "standard", devices=args.devices, models=args.models, batch_sizes=args.batch_sizes,
-        precisions=args.precisions, epochs=args.epochs, seeds=seeds, threads=args.threads,
-        channels_last=on_off[args.channels_last], compile=args.compile or args.compile_mode is not None,
-        compile_mode=None if args.compile_mode in (None, "default") else args.compile_mode,
-        augment=on_off[args.augment], data_paths=args.data_paths, train_size=args.train_size,
-        test_size=args.test_size, target_accuracy=args.target_accuracy, budget=budget,
-        cpu_reference=False if args.no_cpu_reference or world > 1 else None,
-    )
-
-
 def plan(args: argparse.Namespace) -> tuple[list, Path, bool]:
     """(configurations, run folder, whether they come from the folder's sweep.json) for the
-    parsed arguments of `cifar-bench run`, checked as the command checks them."""
-    from bench.cli_run import _check_devices, _default_out
-    from bench.cliargs import validate_user_models
-    from bench.config import RunConfig, build_sweep
+    parsed arguments of `cifar-bench run`, checked as the command checks them (the same
+    function: bench.cli_run.plan_sweep)."""
+    from bench.cli_run import plan_sweep
 
-    _check_devices(args.devices)
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} is a file, expected a folder")
-    if args.resume and args.out is None:
-        raise UsageError("--resume needs --out RUN_DIR (the folder of the sweep to continue)")
-    if args.retry_all and not args.resume:
-        raise UsageError("--retry-all only applies with --resume")
-    out = args.out or _default_out(args.devices)
-    from_file = args.resume and not _grid_given(args) and (out / "sweep.json").exists()
-    if from_file:  # the sweep as recorded, planned time-to-accuracy runs included
-        configs = [RunConfig.from_dict(d) for d in json.loads((out / "sweep.json").read_text())]
-    else:
-        configs = build_sweep(sweep_request(args))
-    validate_user_models(c.model for c in configs)
-    return configs, out, from_file
-
-
-def _grid_given(args: argparse.Namespace) -> bool:
-    return any(v is not None for v in (args.models, args.batch_sizes, args.precisions, args.epochs, args.seeds,
-                                       args.seed, args.threads))
+    return plan_sweep(args)
 
 
 class _Progress:
@@ -205,7 +156,7 @@ def run(preset: str | None = None, devices: str | Sequence[str] = "cpu", *, mode
     (seeds=10, max_seconds=1.0, channels_last=False, data_dir="~/datasets", ...).
     Interrupting (Ctrl-C, or the notebook's stop button) keeps what finished: continue with
     the same call and resume=True."""
-    from bench.cli_run import _time_to_accuracy_plan
+    from bench.cli_run import grid_given, time_to_accuracy_plan
     from bench.runfolder import RunFolderError
     from bench.runner import Runner
     from cnn.data import DataError
@@ -226,7 +177,7 @@ def run(preset: str | None = None, devices: str | Sequence[str] = "cpu", *, mode
     runner = Runner(out, data_kind=args.data, data_dir=args.data_dir, log=log, progress=False)
     started = time.perf_counter()
     try:
-        followup = None if from_file and args.preset is None else _time_to_accuracy_plan(args, _grid_given(args))
+        followup = None if from_file and args.preset is None else time_to_accuracy_plan(args, grid_given(args))
         rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all, followup=followup)
     except (RunFolderError, DataError) as e:
         raise BenchError(str(e)) from None
@@ -307,11 +258,11 @@ class Runs:
     def summary(self, margin: float = 1.0, alpha: float = 0.05, **options) -> Markdown:
         """The headline figures and verdicts, as `cifar-bench summary` prints them
         (options: price, price_file)."""
-        from bench.cliargs import _prices
+        from bench.cliargs import prices_from_args
         from bench.report import summary_text
 
         args = parse("summary", dict(margin=margin, alpha=alpha, **options), self.run_dirs)
-        price = self._call(_prices, args)
+        price = self._call(prices_from_args, args)
         return Markdown(self._call(summary_text, self.run_dirs, args.margin, alpha=args.alpha, warn=_warn,
                                    prices=price))
 
@@ -319,13 +270,13 @@ class Runs:
                **options) -> Report:
         """Write report.md and its figures into `out` (default: the first run folder), as
         `cifar-bench report` does (options: price, price_file)."""
-        from bench.cliargs import _prices
+        from bench.cliargs import prices_from_args
         from bench.report import write_report
 
         if options.get("readme") is not None:
             raise BenchError("readme: the README headline is rewritten by `cifar-bench report ... --readme README.md`")
         args = parse("report", dict(out=out, margin=margin, alpha=alpha, **options), self.run_dirs)
-        price = self._call(_prices, args)
+        price = self._call(prices_from_args, args)
         path = self._call(write_report, self.run_dirs, args.out, margin_pp=args.margin, alpha=args.alpha,
                           warn=_warn, prices=price)
         return Report(path)

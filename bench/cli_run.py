@@ -27,7 +27,7 @@ def check_devices(devices: Sequence[str]) -> None:
                 raise UsageError(f"device {d!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
-def _default_out(devices: Sequence[str], world_size: int = 1) -> Path:
+def default_out(devices: Sequence[str], world_size: int = 1) -> Path:
     import socket
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -87,18 +87,45 @@ def launch_torchrun(args: argparse.Namespace, out: Path) -> int:
     return rc
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def grid_given(args: argparse.Namespace) -> bool:
+    """The user chose the grid by hand (no preset follow-ups, and a --resume plans anew)."""
+    return any(v is not None for v in (args.models, args.batch_sizes, args.precisions, args.epochs, args.seeds,
+                                       args.seed, args.threads))
+
+
+def sweep_request(args: argparse.Namespace, world: int = 1):
+    """The SweepRequest the flags of `cifar-bench run` stand for (the Python API builds the
+    same one)."""
+    from bench.config import SweepRequest
+
+    seeds = None
+    base = args.seed or 0
+    if args.seeds is not None:
+        seeds = tuple(range(base, base + args.seeds[1])) if args.seeds[0] == "count" else args.seeds
+    elif args.seed is not None:
+        seeds = (args.seed,)
+    budget = {k: getattr(args, k) for k in ("max_config_seconds", "max_seconds") if getattr(args, k) is not None}
+    on_off = {"auto": None, "on": True, "off": False}
+    return SweepRequest(
+        preset=args.preset or "standard", devices=args.devices, models=args.models, batch_sizes=args.batch_sizes,
+        precisions=args.precisions, epochs=args.epochs, seeds=seeds, threads=args.threads,
+        channels_last=on_off[args.channels_last], compile=args.compile or args.compile_mode is not None,
+        compile_mode=None if args.compile_mode in (None, "default") else args.compile_mode,
+        augment=on_off[args.augment], data_paths=args.data_paths, train_size=args.train_size,
+        test_size=args.test_size, target_accuracy=args.target_accuracy, budget=budget, passes=args.passes,
+        # A scale-out sweep is compared with a one-process run folder; CPU reference runs
+        # spread over the GPU job's processes would only cost time.
+        cpu_reference=False if args.no_cpu_reference or world > 1 else None,
+    )
+
+
+def plan_sweep(args: argparse.Namespace, world: int = 1) -> tuple[list, Path, bool]:
+    """(configurations, run folder, whether they come from the folder's sweep.json) of the
+    parsed flags of `cifar-bench run`, checked at the edge (UsageError with one line)."""
     import json
 
-    from bench import distributed
-    from bench.config import RunConfig, SweepRequest, build_sweep
-    from bench.results import to_frame
-    from bench.runfolder import RunFolderError, check_run_folder
-    from bench.runner import Runner
-    from cnn.data import DataError
+    from bench.config import RunConfig, build_sweep
 
-    topo = distributed.topology_from_env()
-    launch = _check_launch(args, topo)
     check_devices(args.devices)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, expected a folder")
@@ -106,40 +133,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --out RUN_DIR (the folder of the sweep to continue)")
     if args.retry_all and not args.resume:
         raise UsageError("--retry-all only applies with --resume")
-    grid_given = any(v is not None for v in (args.models, args.batch_sizes, args.precisions, args.epochs,
-                                             args.seeds, args.seed, args.threads))
-    world = (args.nproc or 1) * (args.nnodes or 1) if launch else (topo.world_size if topo else 1)
-    out = args.out or _default_out(args.devices, world)
-    from_file = args.resume and not grid_given and (out / "sweep.json").exists()
+    out = args.out or default_out(args.devices, world)
+    from_file = args.resume and not grid_given(args) and (out / "sweep.json").exists()
     if from_file:  # the sweep as recorded, planned time-to-accuracy runs included
         configs = [RunConfig.from_dict(d) for d in json.loads((out / "sweep.json").read_text())]
     else:
-        seeds = None
-        base = args.seed or 0
-        if args.seeds is not None:
-            seeds = tuple(range(base, base + args.seeds[1])) if args.seeds[0] == "count" else args.seeds
-        elif args.seed is not None:
-            seeds = (args.seed,)
-        budget = {}
-        if args.max_config_seconds is not None:
-            budget["max_config_seconds"] = args.max_config_seconds
-        if args.max_seconds is not None:
-            budget["max_seconds"] = args.max_seconds
-        req = SweepRequest(
-            preset=args.preset or "standard", devices=args.devices, models=args.models, batch_sizes=args.batch_sizes,
-            precisions=args.precisions, epochs=args.epochs, seeds=seeds, threads=args.threads,
-            channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
-            compile=args.compile or args.compile_mode is not None,
-            compile_mode=None if args.compile_mode in (None, "default") else args.compile_mode,
-            augment={"auto": None, "on": True, "off": False}[args.augment], data_paths=args.data_paths,
-            train_size=args.train_size, test_size=args.test_size,
-            target_accuracy=args.target_accuracy, budget=budget, passes=args.passes,
-            # A scale-out sweep is compared with a one-process run folder; CPU reference runs
-            # spread over the GPU job's processes would only cost time.
-            cpu_reference=False if args.no_cpu_reference or world > 1 else None,
-        )
-        configs = build_sweep(req)
+        configs = build_sweep(sweep_request(args, world))
     validate_user_models(c.model for c in configs)
+    return configs, out, from_file
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench import distributed
+    from bench.results import to_frame
+    from bench.runfolder import RunFolderError, check_run_folder
+    from bench.runner import Runner
+    from cnn.data import DataError
+
+    topo = distributed.topology_from_env()
+    launch = _check_launch(args, topo)
+    world = (args.nproc or 1) * (args.nnodes or 1) if launch else (topo.world_size if topo else 1)
+    configs, out, from_file = plan_sweep(args, world)
     if launch:
         if (args.node_rank or 0) == 0:  # the folder lives on node 0: refuse early, in one line
             try:
@@ -155,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         # a plain --resume runs what sweep.json holds; --resume --preset NAME plans the preset's follow-ups too
-        followup = None if from_file and args.preset is None else _time_to_accuracy_plan(args, grid_given)
+        followup = None if from_file and args.preset is None else time_to_accuracy_plan(args, grid_given(args))
         rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all, followup=followup)
     except (RunFolderError, DataError) as e:
         raise UsageError(str(e)) from None
@@ -169,14 +183,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _finish(rows, f"in {time.perf_counter() - started:.0f} s; results in {out}")
 
 
-def _time_to_accuracy_plan(args: argparse.Namespace, grid_given: bool):
+def time_to_accuracy_plan(args: argparse.Namespace, by_hand: bool):
     """The preset's time-to-accuracy runs, planned from the grid's results (none when the
     user chose the grid by hand, or asked for no accuracy runs with --epochs 0)."""
     from bench.config import PRESET_TABLE
     from bench.targets import plan_time_to_accuracy
 
     preset = PRESET_TABLE[args.preset or "standard"]
-    if not preset.time_to_accuracy or grid_given or args.epochs == 0:
+    if not preset.time_to_accuracy or by_hand or args.epochs == 0:
         return None
     return lambda rows: plan_time_to_accuracy(rows, preset.time_to_accuracy, preset.tta_seeds, preset.tta_epochs,
                                               target=args.target_accuracy)

@@ -47,7 +47,8 @@ def presets_table() -> str:
 
     head = ("| preset | models | batch sizes: CPU / CUDA | precisions: CPU / CUDA | accuracy runs "
             "(epochs x seeds) | time to accuracy | DataLoader runs (fp32) | train / test images "
-            "| timed loop / configuration budget | CPU reference runs in a CUDA sweep | configurations: CPU / CUDA |")
+            "| timed loop / configuration budget | passes | CPU reference runs in a CUDA sweep "
+            "| configurations: CPU / CUDA |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for name, p in PRESET_TABLE.items():
         models = _join(p.models)
@@ -64,7 +65,7 @@ def presets_table() -> str:
             f"| `{name}` | {models} | {_join(p.batch_sizes['cpu'])} / {_join(p.batch_sizes['cuda'])} "
             f"| {_join(p.precisions['cpu'])} / {_join(p.precisions['cuda'])} | {accuracy} | {tta} | {loader} "
             f"| {_sizes(p.train_size, 50_000)} / {_sizes(p.test_size, 10_000)} "
-            f"| {p.budget['max_seconds']:g} s / {p.budget['max_config_seconds']:g} s "
+            f"| {p.budget['max_seconds']:g} s / {p.budget['max_config_seconds']:g} s | {p.passes} "
             f"| {'yes' if p.cpu_reference and p.accuracy_runs else 'no'} "
             f"| {len(build_sweep(SweepRequest(name, ('cpu',))))} / {len(build_sweep(SweepRequest(name, ('cuda',))))} |")
     return "\n".join(lines)

@@ -114,20 +114,22 @@ def test_keywords_plan_the_sweep_the_command_plans(options, flags, tmp_path, mon
 
 @pytest.fixture
 def folder(tmp_path):
-    """Four seeds of CPU fp32 and bf16 accuracy runs, with per-example predictions."""
+    """Four seeds of CPU fp32 and bf16 accuracy runs, with per-example predictions, and the
+    throughput grid's row of each precision."""
     rows, preds = [], {}
     for seed in range(4):
         labels, ref, cand = predictions(1000, 700, 20, 25, seed)
         for precision, p in (("fp32", ref), ("bf16", cand)):
             preds[len(rows)] = (p, labels)
-            rows.append(acc_row(seed, (p == labels).mean(), precision=precision,
-                                train_images_per_s=8000.0 + 100 * seed + (500 if precision == "bf16" else 0)))
+            rows.append(acc_row(seed, (p == labels).mean(), precision=precision, train_images_per_s=None))
+    rows += [acc_row(0, None, precision=p, epochs=0, train_images_per_s=ips)
+             for p, ips in (("fp32", 8150.0), ("bf16", 8650.0))]
     return write_folder(tmp_path / "run", rows, preds=preds)
 
 
 def test_run_folders_read_as_frames(folder):
     runs = api.load(folder)
-    assert "8 configurations, 8 ok" in repr(runs)
+    assert "10 configurations, 10 ok" in repr(runs)
     tp = runs.throughput()
     assert sorted(tp["precision"]) == ["bf16", "fp32"] and tp["images_per_s"].tolist() == [8650.0, 8150.0]
     assert len(runs.accuracy()) == 8

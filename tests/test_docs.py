@@ -67,7 +67,7 @@ def test_the_presets_table_is_generated_and_names_every_preset():
 
 def facts() -> list[tuple[str, str, str]]:
     """(file, the phrase it must hold, the code the phrase comes from)."""
-    from bench import breakeven, cliargs, equivalence, measure, protocol, runner, system, timing
+    from bench import breakeven, cliargs, equivalence, measure, passes, protocol, system, timing
     from bench.cli import build_parser
     from bench.config import CHANNELS_LAST_DEFAULT, PRESET_TABLE
     from bench.targets import default_target
@@ -96,7 +96,12 @@ def facts() -> list[tuple[str, str, str]]:
         ("docs/method.md", f"at least {standard.budget['min_steps']} timed steps each",
          "the standard preset's min_steps"),
         ("docs/method.md", f"known within {pct(standard.budget['target_ci'])}", "the standard preset's target_ci"),
-        ("docs/method.md", f"warns above {pct(runner.DRIFT_WARN)}", "bench.runner.DRIFT_WARN"),
+        ("docs/method.md", f"warns above {pct(measure.DRIFT_WARN)}", "bench.measure.DRIFT_WARN"),
+        ("docs/method.md", f"should fall {pct(passes.INTERVAL_LEVEL)} of the time", "bench.passes.INTERVAL_LEVEL"),
+        ("docs/method.md", f"disagree by more than {pct(passes.EXTRA_PASS_SPREAD)} get up to {passes.EXTRA_PASSES} "
+                           f"extra passes, within {pct(passes.EXTRA_TIME_SHARE)}", "bench.passes EXTRA_*"),
+        ("docs/method.md", f"the standard and sizes presets {PRESET_TABLE['standard'].passes}, quick "
+                           f"{PRESET_TABLE['quick'].passes}", "the presets' passes"),
         ("docs/method.md", f"takes {system.PROBE_MIN_SECONDS['cpu'] * 1000:g} ms on a CPU, "
                            f"{system.PROBE_MIN_SECONDS['cuda'] * 1000:g} ms on a GPU", "system.PROBE_MIN_SECONDS"),
         ("docs/method.md", "ResNet-18 from batch " + str(CHANNELS_LAST_DEFAULT[("cpu", "resnet18")]),
