@@ -27,10 +27,11 @@ from cnn.train import Trainer, evaluate, make_trainer, train_epoch
 CEILING_FLAG = 1.05  # a loop measured faster than its own ceiling by more than this is noise, not speed
 
 
-def policy_for(cfg: RunConfig, agree: Callable[[float], float] = lambda x: x) -> protocol.Policy:
+def policy_for(cfg: RunConfig, agree: Callable[[float], float] = lambda x: x,
+               reference_step: float | None = None) -> protocol.Policy:
     p = protocol.Policy(min_steps=cfg.min_steps, max_steps=cfg.max_steps, max_seconds=cfg.max_seconds,
                         target_ci=cfg.target_ci, warmup_steps=cfg.warmup_steps, warmup_seconds=cfg.warmup_seconds,
-                        max_config_seconds=cfg.max_config_seconds, agree=agree)
+                        max_config_seconds=cfg.max_config_seconds, agree=agree, reference_step=reference_step)
     return protocol.with_min_warmup(p, cfg.compile or cfg.compile_mode == "reduce-overhead")
 
 
@@ -206,13 +207,14 @@ def train_for_accuracy(cfg: RunConfig, trainer: Trainer, inputs: Inputs, phase: 
 
 def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callable[[str], None],
             peak_tflops: Callable[[], float], save_predictions: Callable | None,
-            dist=None, once: bool = True) -> tuple[dict, float | None]:
+            dist=None, once: bool = True, reference_step: float | None = None) -> tuple[dict, float | None]:
     """Every figure of one configuration's row, and its steady step time (for the sweep's
     budget predictions). `save_predictions` is None on ranks other than 0. An accuracy run
     (epochs > 0) trains and is timed epoch by epoch, end to end; its throughput is measured
     by the grid's own configuration of the same model, batch size and precision. `once`: this
     visit measures what a configuration needs only once (its energy window), as the first
-    pass does."""
+    pass does. `reference_step`: the steady step an earlier pass measured (its warm-up may
+    settle on it)."""
     trainer = build_trainer(cfg, device, None if dist is None else dist.group_for(device))
     row: dict = {"data": inputs.data.source, "lr": trainer.lr, "train_size": len(inputs.data.train_y),
                  "test_size": len(inputs.data.test_y), "flops_per_image": system.training_flops_per_image(cfg.model),
@@ -221,7 +223,8 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
         row.update(train_for_accuracy(cfg, trainer, inputs, phase, save_predictions,
                                       (lambda x: x) if dist is None else dist.max))
         return row, None
-    policy = policy_for(cfg) if dist is None else policy_for(cfg, dist.max)
+    # under DDP every rank holds the same reference (the row's slowest-rank step), so they agree
+    policy = policy_for(cfg, (lambda x: x) if dist is None else dist.max, reference_step)
     stream = endless_batches(inputs.train_epoch)
     other = ("ceiling", ceiling_loop(trainer, stream)) if dist is None else ("no_sync", no_sync_loop(trainer, stream))
     timed, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,

@@ -44,7 +44,8 @@ def timing_lines(rows: Sequence[dict]) -> list[str]:
     lines = [
         f"- Timing (bench/protocol.py): {', '.join(methods)} (CPU: `perf_counter` after each step; CUDA: events "
         "recorded after each step, read after one synchronize per block). Warm-up runs until two consecutive steps "
-        f"agree within {protocol.SETTLE:.0%} (at least {protocol.Policy().warmup_min} steps"
+        f"agree within {protocol.SETTLE:.0%} (in a later pass: or one step agrees that well with the steady step the "
+        f"earlier passes measured; at least {protocol.Policy().warmup_min} steps"
         + (f", {protocol.COMPILED_WARMUP_MIN} when compiled" if compiled else "")
         + f"), bounded by {_gspan(c.get('warmup_seconds') for c in cfgs)} s after the first step (and "
         f"{_span(c.get('warmup_steps') for c in cfgs)} steps); it is never charged to the time budget, and what it "

@@ -1,7 +1,8 @@
 """The measurement method, once. How a training step is timed, read top to bottom:
 
 1. Warm-up (`warm_up`): steps run one at a time until the step time settles (two
-   consecutive steps within SETTLE of each other), at least 2 steps (3 with torch.compile
+   consecutive steps within SETTLE of each other, or, in a later pass of the sweep, a step
+   after the first within SETTLE of the steady step an earlier pass measured), at least 2 steps (3 with torch.compile
    or CUDA graphs: "reduce-overhead" records its graph on the 2nd call and replays from the
    3rd), at most `warmup_steps` or `warmup_seconds` after the first step. Warm-up is never
    charged to a configuration's budget. What it cost beyond steady steps (compilation,
@@ -62,6 +63,9 @@ class Policy:
     warmup_steps: int = 50
     warmup_seconds: float = 2.0
     max_config_seconds: float = 60.0
+    # The steady step an earlier pass of this configuration measured: a later pass's warm-up
+    # has settled as soon as one step after the first agrees with it (bench/passes.py).
+    reference_step: float | None = None
     clock: timing.Clock = time.perf_counter
     agree: Callable[[float], float] = field(default=lambda x: x)
     timer_options: dict = field(default_factory=dict)  # StepTimer(events=, sync=) for fakes
@@ -110,11 +114,16 @@ def warm_up(loop: Loop, device: torch.device, policy: Policy) -> WarmUp:
     while True:
         samples += run_block(loop, 1, device, policy)
         n = len(samples)
-        settled = n >= 2 and abs(samples[-1] - samples[-2]) <= SETTLE * min(samples[-1], samples[-2])
+        settled = n >= 2 and (_agree(samples[-1], samples[-2])
+                              or (policy.reference_step is not None and _agree(samples[-1], policy.reference_step)))
         stop = n >= policy.warmup_min and (settled or n >= policy.warmup_steps
                                            or sum(samples[1:]) >= policy.warmup_seconds)
         if -policy.agree(-float(stop)) >= 1.0:  # the minimum over ranks: all of them may stop
             return WarmUp(tuple(samples), settled)
+
+
+def _agree(a: float, b: float) -> bool:
+    return abs(a - b) <= SETTLE * min(a, b)
 
 
 def check_budget(step: float, variants: int, policy: Policy) -> None:

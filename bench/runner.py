@@ -334,6 +334,14 @@ class Runner:
                     "per configuration")
         return None
 
+    def _reference_step(self, cfg: RunConfig, pass_index: int | None) -> float | None:
+        """The median step of the passes a configuration already has (seconds), for a later
+        pass's warm-up; None in its first pass."""
+        row = self._rows.get(cfg.key())
+        if not pass_index or pass_index == 1 or row is None or row.get("status") != "ok":
+            return None
+        return row["step_ms_median"] / 1e3 if row.get("step_ms_median") else None
+
     def run_one(self, cfg: RunConfig, phase: Callable[[str], None] = lambda p: None,
                 pass_index: int | None = None) -> dict:
         """One configuration, or one pass of it (`pass_index`, with 1/passes of its budget);
@@ -359,7 +367,7 @@ class Runner:
                         cfg, device, inputs, phase,
                         lambda: self.peak(cfg.device, cfg.precision)["tflops"] * peak_scale,
                         self.store.save_predictions if self.main else None, self.dist,
-                        once=(pass_index or 1) == 1)
+                        once=(pass_index or 1) == 1, reference_step=self._reference_step(cfg, pass_index))
                 if step is not None:
                     self._history.setdefault(self._line(cfg), []).append((cfg.batch_size, step))
                 row.update(status="ok", reason=None, **metrics)

@@ -61,6 +61,17 @@ def test_warm_up_takes_at_least_two_steps_and_three_when_compiled():
     assert len(protocol.warm_up(Stub(clock, [0.01]), CPU, compiled).samples) == 3
 
 
+def test_a_later_pass_settles_on_the_steady_step_an_earlier_pass_measured():
+    clock = Clock()
+    times = [5.0, 0.0105, 0.0100, 0.0101]  # a slow first step, then steady at ~10 ms
+    alone = protocol.warm_up(Stub(clock, times), CPU, policy(clock))
+    assert len(alone.samples) == 3  # 10.5 ms and the 5 s first step disagree: one more step
+    again = protocol.warm_up(Stub(clock, times), CPU, policy(clock, reference_step=0.010))
+    assert len(again.samples) == 2 and again.settled  # 10.5 ms agrees with the earlier pass's 10 ms
+    slower = protocol.warm_up(Stub(clock, times), CPU, policy(clock, reference_step=0.020))
+    assert len(slower.samples) == 3  # a machine now twice as slow: the consecutive-step rule decides
+
+
 def test_warm_up_that_never_settles_ends_on_its_bound_and_says_so():
     clock = Clock()
     alternating = Stub(clock, [0.01, 0.02] * 100)
