@@ -43,7 +43,7 @@ EXTRA_ORDER = 100  # extra pass k is ordered as pass EXTRA_ORDER + k (an order o
 MIN_PASS_STEPS = 3  # timed steps per variant and pass, at least
 EXTRA_PASS_SPREAD = 0.10  # passes that disagree by more than this (fastest / slowest - 1) ask for extra passes
 EXTRA_PASSES = 2  # at most this many extra passes per configuration
-EXTRA_TIME_SHARE = 0.25  # extra passes take at most this share of the time the planned passes took
+EXTRA_TIME_SHARE = 0.10  # extra passes take at most this share of the time the planned passes took
 INTERVAL_LEVEL = 0.90  # a repeat run's value should fall inside a row's interval this often
 PRIOR_DF = 2  # weight, in degrees of freedom, of the sweep's pooled spread in each row's spread
 # The variance of a median over that of a mean of the same normal samples: 1 for one or two

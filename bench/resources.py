@@ -44,6 +44,14 @@ def _libc():
 _LIBC = _libc()
 
 
+def freeze_startup_objects() -> None:
+    """Move every object alive now (imported modules, the dataset) out of the collector's
+    reach: a full collection then costs microseconds instead of ~0.15 s over some 300,000
+    objects, and a sweep runs two per configuration visit (`release_memory`)."""
+    gc.collect()
+    gc.freeze()
+
+
 def release_memory() -> None:
     """Free what earlier work left behind: Python garbage, glibc's free heap pages, and the
     CUDA cache."""

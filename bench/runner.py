@@ -125,6 +125,7 @@ class Runner:
                     raise DataError("; ".join(problems))
             self._rows = dict(plan["prior"])
             checked = list(plan["pending"])
+            resources.freeze_startup_objects()  # after imports and the dataset: cheap collections per visit
             self._machine_checks(checked, "before")
             rows = self._sweep(plan["pending"], retry_all)
             if followup is not None and self.dist is None:
