@@ -10,9 +10,9 @@ runs of one sweep pair up across commits, torch versions or machines. For each p
                beyond the threshold but the interval includes 1), as asv compare and pyperf
                compare_to say "not significant" rather than print noise as a change.
   normalised   the ratio divided by the ratio of each run's own measured matmul peak (the
-               row's `peak_tflops`) and, separately, of each run's drift reference (the same
-               short measurement at its start and end, system.json): "the code got slower"
-               against "the machine was slower that day".
+               higher of its probes before and after the sweep, system.json) and, separately,
+               of each run's drift reference (the same short measurement at its start and end):
+               "the code got slower" against "the machine was slower that day".
 Repeatability of the method (two back-to-back runs of one sweep): the share of pairs within
 the threshold of each other, the share whose NEW value falls inside BASE's stated interval
 (coverage), the median width of those intervals, the median and worst deviation.
@@ -90,6 +90,17 @@ def _grid(folder: Path | str) -> tuple[dict[str, dict], dict]:
     return {row_key(r): r for r in grid}, system
 
 
+def _peak(system: dict, row: dict) -> float | None:
+    """The highest of the run's matmul peak probes (before and after the sweep) for the row's
+    device and precision; the row's own stored peak for runs without probes recorded."""
+    for p in system.get("peaks") or []:
+        if (p.get("device"), p.get("precision")) == (row.get("device"), row.get("precision")):
+            values = [v for v in (p.get("tflops"), p.get("tflops_after")) if v]
+            if values:
+                return max(values)
+    return row.get("peak_tflops")
+
+
 def _drift(system: dict, device: str) -> float | None:
     for d in system.get("drift") or []:
         if d.get("device") == device:
@@ -141,7 +152,8 @@ def compare_runs(base: Path | str, new: Path | str, threshold: float = THRESHOLD
         else:
             verdict = "no change"
         stated = stated_interval(b, eb)
-        peak = (n.get("peak_tflops") / b["peak_tflops"]) if b.get("peak_tflops") and n.get("peak_tflops") else None
+        pb, pn = _peak(b_sys, b), _peak(n_sys, n)
+        peak = pn / pb if pb and pn else None
         drift_b, drift_n = _drift(b_sys, b["device"]), _drift(n_sys, n["device"])
         out.append({
             "configuration": _label(b), "device": b["device"], "model": b["model"], "batch_size": b["batch_size"],

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.measure import CEILING_FLAG
+from bench.measure import CEILING_FLAG, mfu_flag
 from bench.passes import pass_values
 from bench.results import load_run
 from cnn.models import FAMILY
@@ -37,6 +37,7 @@ def load_runs(run_dirs: Sequence[Path | str], warn=None) -> tuple[pd.DataFrame, 
         frame["accuracy_curve"] = [r.get("accuracy_curve") for r in raw]
         frame["epochs_to_target"] = [r.get("epochs_to_target") for r in raw]
         frame["pass_values"] = [pass_values(r) for r in raw]
+        against_highest_peak(frame, system)
         frames.append(frame)
         rows.extend(raw)
         systems.append({**system, "run_dir": str(folder)})
@@ -49,6 +50,28 @@ def load_runs(run_dirs: Sequence[Path | str], warn=None) -> tuple[pd.DataFrame, 
         if df["host"].nunique() > 1:
             df["device_key"] = df["device_key"] + " (" + df["host"].astype(str) + ")"
     return df, rows, systems
+
+
+def against_highest_peak(frame: pd.DataFrame, system: dict) -> None:
+    """MFU against the highest of the run's peak probes (before and after the sweep), in
+    place: a peak is a maximum, and one probe taken while the machine was slow (seen here:
+    0.096 TFLOP/s fp32 before a sweep, 0.170 after it) would put many rows above 100% and out
+    of every figure. The stored rows keep the MFU they were measured with; MFU flags follow."""
+    highest = {(p.get("device"), p.get("precision")): max(v for v in (p.get("tflops"), p.get("tflops_after")) if v)
+               / p["tflops"] for p in system.get("peaks") or [] if p.get("tflops")}
+    if frame.empty or not highest:
+        return
+    factor = pd.Series([highest.get((d, p), 1.0) for d, p in zip(frame["device"], frame["precision"])],
+                       index=frame.index)
+    frame["peak_tflops"] = frame["peak_tflops"] * factor
+    frame["mfu"] = frame["mfu"] / factor
+    texts = []
+    for mfu, text in zip(frame["mfu"], frame["flags"]):
+        parts = [f for f in str(text or "").split("; ") if f and not f.startswith("MFU ")]
+        if mfu == mfu and mfu is not None and mfu > 1:
+            parts.insert(0, mfu_flag(mfu))
+        texts.append("; ".join(parts) or None)
+    frame["flags"] = texts
 
 
 def device_colours(df: pd.DataFrame) -> dict[str, str]:

@@ -162,11 +162,15 @@ def time_eval(cfg: RunConfig, trainer: Trainer, test: Callable[[], Iterator], ph
     return {"eval_images_per_s": ev.items_per_second, "eval_samples_s": list(ev.samples)}
 
 
+def mfu_flag(mfu: float) -> str:
+    return f"MFU {mfu:.1%} > 100% of the measured matmul peak: the peak was probed low (load)"
+
+
 def flags(row: dict) -> list[str]:
     """Measurement problems a row carries: never a headline, always said."""
     out = []
     if (row.get("mfu") or 0) > 1:
-        out.append(f"MFU {row['mfu']:.1%} > 100% of the measured matmul peak: the peak was probed low (load)")
+        out.append(mfu_flag(row["mfu"]))
     if (row.get("fraction_of_ceiling") or 0) > CEILING_FLAG:
         out.append(f"{row['fraction_of_ceiling']:.2f} of ceiling > {CEILING_FLAG}: the loop outran its own "
                    "compute-only ceiling, i.e. the machine's load changed between them")

@@ -9,14 +9,13 @@ device and machine), line style a precision.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from bench import accuracy_report, bound_report, breakeven, cost, energy_report, method, passes, protocol
+from bench import accuracy_report, bound_report, breakeven, cost, energy_report, method
 from bench.equivalence import equivalence_table
 from bench.figures import fig_accuracy, fig_data_paths, fig_epoch_time, fig_speedup, lines_vs_batch
 from bench.frames import (
@@ -30,7 +29,7 @@ from bench.frames import (
     throughput,
 )
 from bench.markdown import to_markdown
-from bench.measure import DRIFT_WARN
+from bench.report_warnings import warnings_lines
 from bench.results import markdown_table
 from bench.time_to_accuracy import headline as tta_headline
 from bench.time_to_accuracy import headline_cell, target_lines, tta_markdown, tta_table
@@ -202,8 +201,9 @@ def methodology(df: pd.DataFrame, rows: list[dict], systems: list[dict]) -> list
                      f"{int(ok['channels_last'].astype(bool).sum())} of {len(ok)} ok rows; "
                      f"torch.compile in {int(ok['compile'].astype(bool).sum())}.")
         lines.append("- FLOPs per image: `torch.utils.flop_counter.FlopCounterMode` over one forward and backward "
-                     "(matmuls and convolutions). MFU = achieved FLOP/s / the measured matmul peak below (\"of "
-                     "measured matmul peak\"); above 100% it is a measurement problem (flagged, not drawn).")
+                     "(matmuls and convolutions). MFU = achieved FLOP/s / the higher of the two matmul peak probes "
+                     "below, before and after the sweep (\"of measured matmul peak\"); above 100% it is a measurement "
+                     "problem (flagged, drawn hollow).")
         lines.append("- Memory, per configuration: the dataset is placed on the device first and reported apart "
                      "(`dataset_mb`); then the high-water mark is reset (CPU: `/proc/self/clear_refs`, VmHWM; CUDA: "
                      "`reset_peak_memory_stats`), and *peak MB* is the configuration's own peak over what it started "
@@ -218,99 +218,6 @@ def methodology(df: pd.DataFrame, rows: list[dict], systems: list[dict]) -> list
         if s.get("cuda_available"):
             lines.append(f"- Run {i + 1} CUDA flags: TF32 off except in tf32 rows; cudnn.benchmark per row "
                          f"(default on); cuDNN {s.get('cudnn')}, driver {s.get('driver')}.")
-    return lines
-
-
-def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
-    lines = []
-    ok = df[df["status"] == "ok"]
-    noisy = ok[ok["noisy"].astype(bool)].copy()
-    noisy["spread"] = noisy["step_ms_iqr"] / noisy["step_ms_median"]
-    keys = ["device_key", "model", "batch_size", "precision", "data_path"]
-    runs = ok.groupby(keys, sort=False).size()
-    for key, g in noisy.groupby(keys, sort=False):
-        device_key, model, bs, precision, data_path = key
-        path = "" if data_path == "device" else f" ({data_path})"
-        spread = f"{g['spread'].iloc[0]:.0%}" if len(g) == 1 else \
-            f"{g['spread'].min():.0%}-{g['spread'].max():.0%} in {len(g)} of {runs[key]} runs"
-        lines.append(f"- noisy: {device_key} {model} bs {bs} {precision}{path}: IQR/median {spread}")
-    flags = ok["flags"].fillna("").astype(str) if "flags" in ok else pd.Series("", index=ok.index)
-    unsettled = 0
-    for i, text in flags.items():
-        parts = [f for f in text.split("; ") if f]
-        unsettled += any(f.startswith("warm-up") for f in parts)
-        problems = [f for f in parts if not f.startswith("warm-up")]  # MFU > 100%, of ceiling > 1.05
-        if problems:
-            r = ok.loc[i]
-            lines.append(f"- measurement problem (flagged: drawn hollow, left out of the lines and headlines): "
-                         f"{r.device_key} {r.model} bs {r.batch_size} {r.precision}: {'; '.join(problems)}")
-    if unsettled:
-        lines.append(f"- warm-up reached its bound before two steps agreed within {protocol.SETTLE:.0%} in {unsettled} "
-                     f"of {len(ok)} ok rows (in at least one pass: a noisy machine, or a small warm-up bound); their "
-                     "timed rounds still ran to at least the minimum steps and the median's target")
-    spread = ok["pass_spread"].dropna() if "pass_spread" in ok else pd.Series(dtype=float)
-    wide = spread[spread > passes.EXTRA_PASS_SPREAD].sort_values(ascending=False)
-    if not wide.empty:
-        worst = ", ".join(f"{ok.loc[i, 'model']} bs {ok.loc[i, 'batch_size']} {ok.loc[i, 'precision']} "
-                          f"({v:.0%})" for i, v in wide.head(5).items())
-        lines.append(f"- passes disagreed by more than {passes.EXTRA_PASS_SPREAD:.0%} (fastest / slowest pass) in "
-                     f"{len(wide)} of {len(spread)} rows measured in passes; widest: {worst}. Their intervals are "
-                     "wide accordingly.")
-    older = ok[(ok["mfu"].fillna(0) > 1) & (flags == "")]  # rows from before flags existed
-    if not older.empty:
-        lines.append(f"- MFU above 100% in {len(older)} rows (up to {older['mfu'].max():.0%}): the matmul peak was "
-                     "probed low; left out of figures and headlines.")
-    for i, s in enumerate(systems):
-        for d in s.get("drift", []):
-            for when in ("before", "after"):
-                if d.get(f"{when}_error"):
-                    lines.append(f"- the {d['device']} drift reference failed {when} run {i + 1}'s sweep: "
-                                 f"{d[f'{when}_error']}")
-            if d.get("change") is not None and abs(d["change"]) > DRIFT_WARN:
-                lines.append(f"- the machine moved during run {i + 1}: the {d['device']} drift reference ran at "
-                             f"{d['before_images_per_s']:,.0f} img/s before the sweep and "
-                             f"{d['after_images_per_s']:,.0f} after ({d['change']:+.0%}); compare its rows with care")
-        for pk in s.get("peaks", []):
-            if pk.get("change") is not None and abs(pk["change"]) > DRIFT_WARN:
-                lines.append(f"- the {pk['device']} {pk['precision']} matmul peak moved {pk['change']:+.0%} between "
-                             "the probes before and after the sweep: MFU figures carry that uncertainty")
-    lines += not_run_lines(systems)
-    for status in ("oom", "skipped", "diverged", "failed"):
-        for r in df[df["status"] == status].itertuples():
-            lines.append(f"- {status}: {r.device_key} {r.model} bs {r.batch_size} {r.precision}: {r.reason}")
-    return lines
-
-
-def not_run_lines(systems: Sequence[dict]) -> list[str]:
-    """What a run folder's sweep.json planned that its results lack (a sweep cut short by a
-    stage limit, Ctrl-C or a crash): configurations without a row, and passes not measured."""
-    import json
-
-    from bench.config import RunConfig
-    from bench.passes import is_grid
-    from bench.results import ResultsStore, row_key
-
-    lines = []
-    for i, s in enumerate(systems):
-        folder = Path(s.get("run_dir") or "")
-        try:
-            planned = [RunConfig.from_dict(d) for d in json.loads((folder / "sweep.json").read_text())]
-        except (OSError, ValueError, TypeError):
-            continue
-        rows = {row_key(r): r for r in ResultsStore(folder).load(warn=lambda m: None)}
-        missing = [c for c in planned if c.key() not in rows]
-        short = [c for c in planned if c.key() in rows and is_grid(c) and rows[c.key()].get("status") == "ok"
-                 and rows[c.key()].get("pass_results") is not None
-                 and (rows[c.key()].get("passes_run") or 0) < c.passes]
-        if missing:
-            shown = "; ".join(c.label() for c in missing[:8]) + (f"; and {len(missing) - 8} more"
-                                                                 if len(missing) > 8 else "")
-            lines.append(f"- not run: {len(missing)} of {len(planned)} configurations that run {i + 1}'s sweep.json "
-                         f"planned have no result (the sweep was cut short; `cifar-bench run --out {folder} --resume` "
-                         f"runs them): {shown}")
-        if short:
-            lines.append(f"- {len(short)} configurations of run {i + 1} have fewer passes than planned (the sweep was "
-                         "cut short, or a later pass failed): their intervals rest on fewer passes")
     return lines
 
 
@@ -357,10 +264,46 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         (out / "report.md").write_text(text)
         return out / "report.md"
     tp = throughput(df)
-    hollow = flagged_points(df)
     colours = device_colours(df)
     eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
-    figures = {
+    gpu_bound = bound_report.Section(df, tp, systems, gpu, gpus)  # the size map's contour, then its section
+    parts = [
+        *_title(run_dirs, df),
+        "## Summary", "",
+        *[f"- {line}" for line in accuracy_report.lead_lines(eq, systems) + breakeven.summary_lines(df, tp)
+          + summary_lines(df, tp, eq) + bound_report.summary_lines(df, tp, systems, gpu, gpus)[:1]],
+        "", to_markdown(headline(df, tp, eq)), "",
+        *breakeven.report_section(df, tp, out, overlay=gpu_bound.overlay),
+        *gpu_bound.lines(),
+        *cost.report_section(df, tp, prices),
+        *energy_report.report_section(df, systems, tp, colours, out, prices),
+        *_figure_parts(_figures(df, tp, colours, out)),
+        *_time_to_accuracy_parts(df),
+        *_scaling_parts(df, out),
+        *accuracy_report.section(eq, margin_pp, alpha, systems),
+        "## Methodology", "", *methodology(df, rows, systems), "",
+        "## Warnings", "",
+        *(warnings_lines(df, systems) or ["None: no noisy, skipped, OOM, diverged or failed configurations."]), "",
+        "## Results", "", results_markdown(df), "",
+        "## Systems", "", system_markdown(systems), "",
+    ]
+    (out / "report.md").write_text("\n".join(parts))
+    return out / "report.md"
+
+
+def _title(run_dirs: Sequence[Path], df: pd.DataFrame) -> list[str]:
+    n_ok = int((df["status"] == "ok").sum())
+    data = ", ".join(sorted(set(df["data"].dropna()))) or "unknown"
+    return ["# cifar-bench report", "",
+            f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(run_dirs)} run folder(s): "
+            + ", ".join(f"`{d}`" for d in run_dirs) + f". {len(df)} configurations, {n_ok} ok. Data: **{data}**.",
+            ""]
+
+
+def _figures(df: pd.DataFrame, tp: pd.DataFrame, colours: dict, out: Path) -> dict[str, str | None]:
+    """The figures that follow the summary: {title: PNG name, or None when not drawn}."""
+    hollow = flagged_points(df)
+    return {
         "Training throughput": lines_vs_batch(tp, colours, "images_per_s", "training throughput (images/s)",
                                               "Training throughput vs batch size (bars: each row's interval for "
                                               "a repeat run; hollow: flagged)", out, "throughput.png",
@@ -380,30 +323,10 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
             "The harness loop against the same step on a batch already on the device", out, "ceiling.png",
             logy=False, flagged=hollow),
     }
-    from bench.scaling import fig_scaling, scaling_markdown, scaling_table  # scale-out runs, when present
 
-    scaling = scaling_table(df)
-    gpu_bound = bound_report.Section(df, tp, systems, gpu, gpus)  # the size map's contour, then its section
-    n_ok = int((df["status"] == "ok").sum())
-    data = ", ".join(sorted(set(df["data"].dropna()))) or "unknown"
-    parts = [
-        "# cifar-bench report",
-        "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(run_dirs)} run folder(s): "
-        + ", ".join(f"`{d}`" for d in run_dirs) + f". {len(df)} configurations, {n_ok} ok. Data: **{data}**.",
-        "",
-        "## Summary",
-        "",
-        *[f"- {line}" for line in accuracy_report.lead_lines(eq, systems) + breakeven.summary_lines(df, tp)
-          + summary_lines(df, tp, eq)],
-        "",
-        to_markdown(headline(df, tp, eq)),
-        "",
-        *breakeven.report_section(df, tp, out, overlay=gpu_bound.overlay),
-        *gpu_bound.lines(),
-        *cost.report_section(df, tp, prices),
-        *energy_report.report_section(df, systems, tp, colours, out, prices),
-    ]
+
+def _figure_parts(figures: dict[str, str | None]) -> list[str]:
+    parts = []
     for title, name in figures.items():
         if name:
             parts += [f"## {title}", "", f"![{title}]({name})", ""]
@@ -411,28 +334,27 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
     if missing:
         parts += ["Not drawn for lack of data: " + ", ".join(missing)
                   + " (the speedup needs CPU and CUDA results; accuracy needs runs with epochs > 0).", ""]
+    return parts
+
+
+def _time_to_accuracy_parts(df: pd.DataFrame) -> list[str]:
     tta = tta_table(df)
-    if not tta.empty:
-        parts += ["## Time to accuracy", "",
-                  "Wall-clock training seconds (evaluation excluded) until the test accuracy, evaluated after each "
-                  "epoch, first reached the target, so the resolution is one epoch. Median over seeds; a run that "
-                  "never reached the target within the epoch bound counts as slower than any that did (\"not "
-                  "reached\" as the median: half or more never did). Range: the runs that reached it. The summary "
-                  "compares each device's fastest configuration at one target.", "",
-                  *[f"- Target: {line}" for line in target_lines(tta)], "", tta_markdown(tta), ""]
-    if not scaling.empty:
-        parts += ["## Scaling out (data parallel)", "", f"![Scaling]({fig_scaling(df, out)})", "",
-                  *scaling_lines(df), "", scaling_markdown(scaling), ""]
-    parts += accuracy_report.section(eq, margin_pp, alpha, systems)
-    parts += ["## Methodology", "", *methodology(df, rows, systems), ""]
-    warn_lines = warnings_lines(df, systems)
-    none = "None: no noisy, skipped, OOM, diverged or failed configurations."
-    parts += ["## Warnings", "", *(warn_lines or [none]), ""]
-    parts += ["## Results", "", results_markdown(df), ""]
-    parts += ["## Systems", "", system_markdown(systems), ""]
-    (out / "report.md").write_text("\n".join(parts))
-    return out / "report.md"
+    if tta.empty:
+        return []
+    return ["## Time to accuracy", "",
+            "Wall-clock training seconds (evaluation excluded) until the test accuracy, evaluated after each "
+            "epoch, first reached the target, so the resolution is one epoch. Median over seeds; a run that "
+            "never reached the target within the epoch bound counts as slower than any that did (\"not "
+            "reached\" as the median: half or more never did). Range: the runs that reached it. The summary "
+            "compares each device's fastest configuration at one target.", "",
+            *[f"- Target: {line}" for line in target_lines(tta)], "", tta_markdown(tta), ""]
 
 
-def _isnan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)
+def _scaling_parts(df: pd.DataFrame, out: Path) -> list[str]:
+    from bench.scaling import fig_scaling, scaling_markdown, scaling_table  # scale-out runs, when present
+
+    scaling = scaling_table(df)
+    if scaling.empty:
+        return []
+    return ["## Scaling out (data parallel)", "", f"![Scaling]({fig_scaling(df, out)})", "",
+            *scaling_lines(df), "", scaling_markdown(scaling), ""]

@@ -171,7 +171,7 @@ def test_a_row_with_agreeing_passes_borrows_the_sweeps_spread():
     pool = sum(statistics.variance(x) for x in logs) * 2 / 6  # (0 + 2 s1 + 2 s2) / 6 df
     var = passes.PRIOR_DF * pool / (passes.PRIOR_DF + 2)
     from scipy import stats
-    half = stats.t.ppf(0.95, passes.PRIOR_DF + 2) * math.sqrt(var * 2 * (math.pi / 2) / 3)
+    half = stats.t.ppf(0.95, passes.PRIOR_DF + 2) * math.sqrt(var * 2 * 1.346 / 3)  # a median of 3
     assert ivs[0]["low"] == pytest.approx(100 * math.exp(-half))
 
 

@@ -183,7 +183,7 @@ def test_readme_at_a_missing_file_is_refused_before_anything_is_written(runs, tm
 
 def test_warnings_name_drift_and_peak_changes_beyond_the_threshold(tmp_path):
     from bench.frames import load_runs
-    from bench.report import warnings_lines
+    from bench.report_warnings import warnings_lines
 
     df, _, _ = load_runs([write_run(tmp_path / "run", LAPTOP, [row("laptop", "cpu", "Laptop CPU", "tutorial", 32,
                                                                    "fp32", 8000)])])
@@ -243,3 +243,23 @@ def test_a_report_is_written_without_a_display(runs, tmp_path):
     for name in links:  # figures, figures.py's and breakeven's, all drawn
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.size[0] > 100, name
+
+
+def test_mfu_divides_by_the_higher_of_the_peak_probes(tmp_path):
+    # the probe before the sweep caught a slow machine (0.1), the one after did not (0.2): a
+    # row at 150% of the first probe is at 75% of the peak, so it stays in the figures
+    system = {**LAPTOP, "peaks": [{**LAPTOP["peaks"][0], "tflops": 0.1, "tflops_after": 0.2}]}
+    r = row("laptop", "cpu", "Laptop CPU", "tutorial", 32, "fp32", 8000)
+    r.update(achieved_tflops=0.15, peak_tflops=0.1, mfu=1.5,
+             flags="MFU 150.0% > 100% of the measured matmul peak: the peak was probed low (load)")
+    folder = write_run(tmp_path / "run", system, [r])
+    from bench.frames import load_runs, throughput
+    df, _, _ = load_runs([folder])
+    assert df["mfu"].iloc[0] == pytest.approx(0.75) and df["peak_tflops"].iloc[0] == pytest.approx(0.2)
+    assert df["flags"].iloc[0] is None and len(throughput(df)) == 1
+    text = write_report([folder], tmp_path / "r").read_text()
+    assert "measurement problem (flagged" not in text.split("## Warnings")[1]
+    # against a peak that never rose, it is flagged with its recomputed value
+    low = write_run(tmp_path / "low", {**LAPTOP, "peaks": [{**LAPTOP["peaks"][0], "tflops": 0.1}]}, [r])
+    df, _, _ = load_runs([low])
+    assert df["flags"].iloc[0].startswith("MFU 150.0% > 100%") and throughput(df).empty
