@@ -27,7 +27,7 @@ from cnn.models import FAMILY, recipe_model
 from cnn.train import PRECISIONS
 
 BUDGET_FIELDS = ("warmup_steps", "warmup_seconds", "min_steps", "max_steps", "max_seconds", "target_ci",
-                 "max_config_seconds", "eval_max_seconds", "passes")
+                 "max_config_seconds", "eval_max_seconds", "passes", "energy_window", "profile_step")
 DATA_PATHS = ("device", "dataloader")
 PRESETS = ("quick", "standard", "full", "gpu-check", "sizes")
 
@@ -64,6 +64,12 @@ class RunConfig:
     # Passes across the sweep (bench/passes.py): the throughput grid visits this configuration
     # this many times, each with 1/passes of the budget above. Accuracy runs run once.
     passes: int = 1
+    # What the first pass of a throughput configuration also measures, once: an energy window
+    # (>= energy.MIN_WINDOW_S of training where a counter is readable) and one profiled step
+    # (operators and bytes, for the GPU speedup bound). A preset may keep them to a subset
+    # (Preset.energy_runs, Preset.profiled_runs) to fit a time limit.
+    energy_window: bool = True
+    profile_step: bool = True
 
     def key(self) -> str:
         """A stable identity: every field but the budget's, canonical JSON."""
@@ -94,15 +100,31 @@ class RunConfig:
 # Layout defaults, measured with `cifar-bench perf --layout` (reports/performance/): on the
 # CPU channels_last (NHWC, oneDNN's native layout) is faster for the tutorial Nets at every
 # batch size measured (5-27%) and for ResNet-18 from batch 16 (3-11%), slower for ResNet-18
-# at batch 4. Value: the smallest batch size from which channels_last is the default. CUDA
-# keeps the default layout until measured on a GPU.
-CHANNELS_LAST_DEFAULT = {("cpu", "tutorial"): 1, ("cpu", "tutorial-wide"): 1, ("cpu", "resnet18"): 16}
+# at batch 4. Value: the smallest batch size from which channels_last is the default; None:
+# NCHW at every batch size, measured faster. A (device, model) not listed has not been
+# measured: CUDA, until a GPU's `perf --layout` and sweep show one layout faster. Its
+# throughput grid runs in both layouts (`layout_choices`), its accuracy runs in NCHW.
+CHANNELS_LAST_DEFAULT: dict[tuple[str, str], int | None] = {
+    ("cpu", "tutorial"): 1, ("cpu", "tutorial-wide"): 1, ("cpu", "resnet18"): 16}
+
+
+def layout_measured(device: str, model: str) -> bool:
+    return (device.split(":")[0], recipe_model(model)) in CHANNELS_LAST_DEFAULT
 
 
 def default_channels_last(device: str, model: str, batch_size: int) -> bool:
-    """The width family and user models take the tutorial's layout (cnn.models.recipe_model)."""
+    """The width family and user models take the tutorial's layout (cnn.models.recipe_model);
+    an unmeasured (device, model) takes NCHW."""
     from_batch = CHANNELS_LAST_DEFAULT.get((device.split(":")[0], recipe_model(model)))
     return from_batch is not None and batch_size >= from_batch
+
+
+def layout_choices(device: str, model: str, batch_size: int) -> tuple[bool, ...]:
+    """channels_last values a throughput configuration runs in: the measured default, or
+    both layouts where none was measured (so the sweep shows which one is faster)."""
+    if layout_measured(device, model):
+        return (default_channels_last(device, model, batch_size),)
+    return (False, True)
 
 
 # Augmentation follows each model's usual recipe: none for the tutorial's Net (as in the
@@ -145,6 +167,25 @@ class Preset:
     # Passes across the sweep of the throughput grid (bench/passes.py): a row's interval
     # comes from the spread between them, so one pass states none.
     passes: int = 3
+    # Grid precisions of a model on a device kind where they are trimmed (accuracy runs keep
+    # every precision of the device: the equivalence check needs them).
+    model_precisions: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # Layouts of a (device, model) without a measured default (CHANNELS_LAST_DEFAULT): "both"
+    # (the grid runs NCHW and channels_last) or "default" (NCHW only; a time-limited preset).
+    unmeasured_layouts: str = "both"
+    # Per device kind, the (model, batch size) grid configurations whose first pass measures
+    # an energy window / profiles one step; None: every one. Kinds left out measure none.
+    energy_runs: dict[str, tuple[tuple[str, int], ...]] | None = None
+    profiled_runs: dict[str, tuple[tuple[str, int], ...]] | None = None
+    # The wall-time limit the sweep must fit (gpu-check: its stage in scripts/gpu-check.sh),
+    # and the sizing assumptions `cifar-bench run --plan` estimates it with (bench/plan.py).
+    time_limit_s: float | None = None
+    sizing: dict | None = None
+
+
+def once_in(runs: dict[str, tuple[tuple[str, int], ...]] | None, kind: str, model: str, batch_size: int) -> bool:
+    """Whether a grid configuration is in a preset's energy_runs / profiled_runs."""
+    return runs is None or (model, batch_size) in runs.get(kind, ())
 
 
 # Every preset sweeps these: bf16 is the CPU's reduced precision (fp16 and tf32 are CUDA-only).
@@ -285,36 +326,51 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
 
     passes = req.passes if req.passes is not None else p.passes
 
-    def add(device: str, model: str, bs: int, precision: str, seed: int, epochs: int, data_path: str) -> None:
-        cl = req.channels_last if req.channels_last is not None else default_channels_last(device, model, bs)
-        configs.append(RunConfig(
-            device=device, model=model, batch_size=bs, precision=precision, seed=seed, epochs=epochs,
-            channels_last=cl, compile=req.compile, compile_mode=req.compile_mode,
-            augment=req.augment if req.augment is not None else default_augment(model),
-            data_path=data_path, threads=req.threads,
-            train_size=req.train_size or p.train_size, test_size=req.test_size or p.test_size,
-            target_accuracy=req.target_accuracy, **{**budget, "passes": passes if epochs == 0 else 1},
-        ))
+    def layouts(device: str, model: str, bs: int, epochs: int) -> tuple[bool, ...]:
+        if req.channels_last is not None:
+            return (req.channels_last,)
+        if epochs > 0 or p.unmeasured_layouts == "default":  # accuracy runs: one layout, the default
+            return (default_channels_last(device, model, bs),)
+        return layout_choices(device, model, bs)
+
+    def add(device: str, model: str, bs: int, precision: str, seed: int, epochs: int, data_path: str,
+            compile: bool = req.compile) -> None:
+        kind = device.split(":")[0]
+        once = {} if epochs else {"energy_window": once_in(p.energy_runs, kind, model, bs),
+                                  "profile_step": once_in(p.profiled_runs, kind, model, bs)}
+        for cl in layouts(device, model, bs, epochs):
+            configs.append(RunConfig(
+                device=device, model=model, batch_size=bs, precision=precision, seed=seed, epochs=epochs,
+                channels_last=cl, compile=compile, compile_mode=req.compile_mode if compile else None,
+                augment=req.augment if req.augment is not None else default_augment(model),
+                data_path=data_path, threads=req.threads,
+                train_size=req.train_size or p.train_size, test_size=req.test_size or p.test_size,
+                target_accuracy=req.target_accuracy, **{**budget, "passes": passes if epochs == 0 else 1, **once},
+            ))
 
     seeds = req.seeds or p.seeds
     # Every (device, model, batch size, precision, input path) is a throughput configuration
     # of the grid (epochs 0, measured in passes). Accuracy runs come on top: with --epochs N
     # every device-path configuration also trains N epochs (0: none); otherwise the preset's
     # (model, batch size) pairs train, at every precision and seed, and their batch size
-    # joins the grid.
+    # joins the grid (at the model's grid precisions: `model_precisions` may trim them).
     preset_accuracy = [] if req.epochs is not None else [(m, bs) for m, bs in p.accuracy_runs if m in models]
+
+    def grid_sizes(kind: str, model: str) -> set[int]:
+        limit = None if req.batch_sizes else p.model_batch_limit.get((kind, model))
+        return {bs for bs in (req.batch_sizes or p.batch_sizes[kind]) if limit is None or bs <= limit}
+
     for device in devices:
         kind = device.split(":")[0]
-        batch_sizes = set(req.batch_sizes or p.batch_sizes[kind])
         precisions = req.precisions or p.precisions[kind]
         for model in models:
-            limit = None if req.batch_sizes else p.model_batch_limit.get((kind, model))
-            sizes = {bs for bs in batch_sizes if limit is None or bs <= limit}
-            sizes |= {bs for m, bs in preset_accuracy if m == model}
+            sizes = grid_sizes(kind, model) | {bs for m, bs in preset_accuracy if m == model}
+            grid_precisions = precisions if req.precisions else p.model_precisions.get((kind, model), precisions)
             for precision in precisions:
                 for bs in sorted(sizes):
                     for data_path in req.data_paths:
-                        add(device, model, bs, precision, seeds[0], 0, data_path)
+                        if precision in grid_precisions:
+                            add(device, model, bs, precision, seeds[0], 0, data_path)
                         trains = (req.epochs or 0) > 0 if req.epochs is not None else (model, bs) in preset_accuracy
                         if trains and data_path == "device":
                             epochs = req.epochs if req.epochs is not None else p.accuracy_epochs
@@ -325,15 +381,26 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
             for model, bs in p.dataloader_runs:
                 if model in models:
                     add(device, model, bs, "fp32", seeds[0], 0, "dataloader")
-    if reference_cpu:  # the CPU fp32 side of the equivalence check for a GPU-only sweep
+    if reference_cpu:
+        # A sweep on CUDA devices alone also measures the CPU side of what it reports: the
+        # CPU fp32 accuracy runs, every equivalence pair's reference (eager: compiling them
+        # would only cost time, they are about arithmetic), and the CPU throughput grid of the
+        # preset, so the GPU/CPU speedups and the break-even rest on measured pairs.
         for model, bs in preset_accuracy:
             for seed in seeds:
-                add("cpu", model, bs, "fp32", seed, p.accuracy_epochs, "device")
+                add("cpu", model, bs, "fp32", seed, p.accuracy_epochs, "device", compile=False)
         if req.epochs:
             for model in models:
                 for bs in sorted(set(req.batch_sizes or ())):
                     for seed in seeds:
-                        add("cpu", model, bs, "fp32", seed, req.epochs, "device")
+                        add("cpu", model, bs, "fp32", seed, req.epochs, "device", compile=False)
+        cpu_precisions = [q for q in (req.precisions or ()) if q in p.precisions["cpu"]] or p.precisions["cpu"]
+        for model in models:
+            grid_precisions = p.model_precisions.get(("cpu", model), cpu_precisions) if not req.precisions \
+                else cpu_precisions
+            for precision in grid_precisions:
+                for bs in sorted(grid_sizes("cpu", model)):
+                    add("cpu", model, bs, precision, seeds[0], 0, "device")
     configs = list(dict.fromkeys(configs))  # drop exact duplicates, keep order
     # The CPU fp32 accuracy runs are every equivalence pair's reference: they run first, so
     # a sweep cut short (a stage limit, Ctrl-C) still has them.

@@ -32,8 +32,8 @@ from bench.frames import (
 from bench.markdown import to_markdown
 from bench.measure import DRIFT_WARN
 from bench.results import markdown_table
+from bench.time_to_accuracy import choice_lines, headline_cell, target_lines, tta_markdown, tta_table
 from bench.time_to_accuracy import headline as tta_headline
-from bench.time_to_accuracy import headline_cell, target_lines, tta_markdown, tta_table
 
 # --------------------------------------------------------------------------------------
 # Conclusions in plain words
@@ -332,6 +332,7 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
         text += "".join(f"\n- {model}: {line}" for line in tta_headline(tta, model, s["speedup"] if s else None))
     counts = df["status"].value_counts()
     text += "\n\nconfigurations: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+    text += "".join(f"\n{line}" for line in not_run_lines(systems))  # a sweep cut short says what it lacks
     if not eq.empty:
         text += "\n" + "\n".join(f"- {r.model} bs {r.batch_size}: {r.candidate} vs {r.reference}: {r.verdict} "
                                  f"({r.diff_pp:+.2f} pp, {r.seeds} seeds)" for r in eq.itertuples())
@@ -419,7 +420,8 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
                   "never reached the target within the epoch bound counts as slower than any that did (\"not "
                   "reached\" as the median: half or more never did). Range: the runs that reached it. The summary "
                   "compares each device's fastest configuration at one target.", "",
-                  *[f"- Target: {line}" for line in target_lines(tta)], "", tta_markdown(tta), ""]
+                  *[f"- Target: {line}" for line in target_lines(tta)],
+                  *[f"- Batch sizes: {line}" for line in choice_lines(df)], "", tta_markdown(tta), ""]
     if not scaling.empty:
         parts += ["## Scaling out (data parallel)", "", f"![Scaling]({fig_scaling(df, out)})", "",
                   *scaling_lines(df), "", scaling_markdown(scaling), ""]

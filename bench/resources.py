@@ -7,9 +7,13 @@ Memory is per configuration, never the process's history:
         handed back to the system with malloc_trim, so an earlier configuration's leftovers
         neither hide nor inflate it). Where /proc cannot be used (not Linux) the resident
         set is sampled every 0.1 s instead, and `memory_kind` says so.
-  cuda  the caching allocator's peak statistics are reset after the dataset is placed, so
-        `max_memory_allocated` over what was allocated at the start is the configuration's
-        own (weights, optimizer state, activations, workspace); the dataset is reported apart.
+  cuda  what is allocated after the dataset is placed is the baseline; the caching
+        allocator's peak statistics are reset when the training loop's warm-up is over
+        (`warmed_up`), so `max_memory_allocated` over the baseline is the configuration's own
+        steady peak (weights, optimizer state, activations, the workspace of the algorithms
+        chosen), not the workspaces cuDNN's autotuning tried during warm-up
+        (cudnn.benchmark runs every candidate algorithm with its own workspace); the dataset
+        is reported apart. A block without warm-up (an accuracy run) keeps the whole window.
 CPU use: process CPU time over wall time, DataLoader workers and other child processes
 included (100% = one core busy).
 
@@ -133,6 +137,12 @@ class ResourceMonitor:
                 self._sampler.start()
         self._cpu0, self._t0 = self._cpu_seconds(), timing.now()
         return self
+
+    def warmed_up(self) -> None:
+        """Warm-up is over: on CUDA the peak window opens here (the baseline stays what the
+        block started from); elsewhere nothing changes."""
+        if self.device.type == "cuda":
+            self.cuda.reset_peak(self.device)
 
     def __exit__(self, *exc: object) -> None:
         wall = timing.now() - self._t0
