@@ -164,9 +164,12 @@ class Preset:
     time_to_accuracy: tuple[str, ...] = ()
     tta_seeds: tuple[int, ...] = (0, 1, 2)
     tta_epochs: int = 4
+    tta_candidates: int = 2  # batch sizes per device and model (the fastest that can reach the target)
     # Passes across the sweep of the throughput grid (bench/passes.py): a row's interval
     # comes from the spread between them, so one pass states none.
     passes: int = 3
+    # Batch sizes of a model on a device kind where its grid takes others than `batch_sizes`.
+    model_batch_sizes: dict[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
     # Grid precisions of a model on a device kind where they are trimmed (accuracy runs keep
     # every precision of the device: the equivalence check needs them).
     model_precisions: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
@@ -174,18 +177,27 @@ class Preset:
     # (the grid runs NCHW and channels_last) or "default" (NCHW only; a time-limited preset).
     unmeasured_layouts: str = "both"
     # Per device kind, the (model, batch size) grid configurations whose first pass measures
-    # an energy window / profiles one step; None: every one. Kinds left out measure none.
-    energy_runs: dict[str, tuple[tuple[str, int], ...]] | None = None
-    profiled_runs: dict[str, tuple[tuple[str, int], ...]] | None = None
-    # The wall-time limit the sweep must fit (gpu-check: its stage in scripts/gpu-check.sh),
-    # and the sizing assumptions `cifar-bench run --plan` estimates it with (bench/plan.py).
-    time_limit_s: float | None = None
+    # an energy window / profiles one step; None (for all, or for a kind): every one. Kinds
+    # left out measure none.
+    energy_runs: dict[str, tuple[tuple[str, int], ...] | None] | None = None
+    profiled_runs: dict[str, tuple[tuple[str, int], ...] | None] | None = None
+    # Seconds of each machine probe (matmul peaks, host cost per operator, memory bandwidth),
+    # before and after the sweep; None: their defaults (bench/system.py, bench/stepcost.py).
+    probe_seconds: float | None = None
+    # What `cifar-bench run --plan` estimates the sweep's time with where nothing was measured
+    # (bench/plan.py: assumed step times per device kind, fixed costs, the limit to fit).
     sizing: dict | None = None
 
 
-def once_in(runs: dict[str, tuple[tuple[str, int], ...]] | None, kind: str, model: str, batch_size: int) -> bool:
+OnceRuns = dict[str, tuple[tuple[str, int], ...] | None] | None
+
+
+def once_in(runs: OnceRuns, kind: str, model: str, batch_size: int) -> bool:
     """Whether a grid configuration is in a preset's energy_runs / profiled_runs."""
-    return runs is None or (model, batch_size) in runs.get(kind, ())
+    if runs is None:
+        return True
+    chosen = runs.get(kind, ())
+    return chosen is None or (model, batch_size) in chosen
 
 
 # Every preset sweeps these: bf16 is the CPU's reduced precision (fp16 and tf32 are CUDA-only).
@@ -240,24 +252,48 @@ PRESET_TABLE: dict[str, Preset] = {
         seeds=(0, 1, 2),
         dataloader_runs=(("tutorial", 4), ("tutorial", 32), ("tutorial", 128), ("tutorial", 512)),
     ),
-    # `make gpu-check`: one H100/H200 within the sweep stage's 180 s (of the script's 413 s
-    # bound), the CPU reference runs first on the machine's own CPUs. Short timed loops: a GPU
-    # step's median settles within a few hundred steps. Never yet run on a GPU.
+    # `make gpu-check`: one H100/H200 run whose sweep must fit the sweep stage of
+    # scripts/gpu-check.sh with a third to spare (GPU_CHECK_SIZING below holds the arithmetic;
+    # `cifar-bench run --preset gpu-check --devices cuda --data synthetic --plan` prints it).
+    # What it must show (issue 21): GPU/CPU speedup per model at each device's best setting and
+    # the break-even batch size (CUDA and CPU grids share batch sizes 4, 32, 128), the
+    # bf16/fp16/TF32 accuracy verdicts against CPU fp32 (tutorial at batch 128: 2 epochs of
+    # 25,000 images, ~390 steps, reach ~60% on synthetic data), time to accuracy on both
+    # devices, and the GPU bound's self-check (profiled steps). Trimmed to fit: the tutorial
+    # Nets' CUDA grid in fp32 and bf16 (their steps are host-bound: the precision hardly
+    # matters; TF32 and fp16 still run their accuracy runs), ResNet-18 on CUDA up to batch
+    # 512 and on the CPU up to 32, one layout (NCHW: gpu-check's perf stage measures both
+    # layouts on CUDA, compute-only), energy windows and CUDA profiled steps on a subset,
+    # two passes. Never yet run on a GPU.
     "gpu-check": Preset(
         name="gpu-check",
         models=("tutorial", "tutorial-wide", "resnet18"),
-        batch_sizes={"cpu": (4, 32, 128), "cuda": (4, 16, 64, 256, 1024, 2048)},
+        batch_sizes={"cpu": (4, 32, 128), "cuda": (4, 32, 128, 512, 2048)},
         precisions=SWEPT_PRECISIONS,
-        budget=dict(warmup_steps=50, warmup_seconds=0.5, min_steps=10, max_steps=2000, max_seconds=0.6,
-                    target_ci=0.03, max_config_seconds=12.0, eval_max_seconds=0.2),
-        accuracy_runs=(("tutorial", 32),),
+        budget=dict(warmup_steps=50, warmup_seconds=0.3, min_steps=10, max_steps=2000, max_seconds=0.3,
+                    target_ci=0.03, max_config_seconds=12.0, eval_max_seconds=0.1),
+        accuracy_runs=(("tutorial", 128),),
         accuracy_epochs=2,
         seeds=(0, 1, 2, 3),
-        dataloader_runs=(("tutorial", 32), ("tutorial", 512)),
+        train_size=25_000,
+        test_size=10_000,
+        model_batch_sizes={("cpu", "tutorial-wide"): (4, 128), ("cpu", "resnet18"): (4, 16),
+                           ("cuda", "tutorial"): (4, 32, 128, 2048), ("cuda", "tutorial-wide"): (4, 32, 128, 2048),
+                           ("cuda", "resnet18"): (4, 16, 512)},
+        model_precisions={("cuda", "tutorial"): ("fp32", "bf16"), ("cuda", "tutorial-wide"): ("fp32", "bf16"),
+                          ("cuda", "resnet18"): ("fp32", "tf32", "bf16")},
+        unmeasured_layouts="default",
+        dataloader_runs=(),  # the perf stage measures the DataLoader path on CUDA
         time_to_accuracy=("tutorial",),
-        tta_seeds=(0, 1, 2),
-        tta_epochs=4,
+        tta_seeds=(0, 1),
+        tta_epochs=3,
+        tta_candidates=1,
         passes=2,
+        probe_seconds=0.2,
+        energy_runs={"cuda": (("tutorial", 2048), ("resnet18", 512)), "cpu": (("tutorial", 128),)},
+        profiled_runs={"cuda": (("tutorial", 32), ("resnet18", 16), ("resnet18", 512)),  # the bound's self-check
+                       "cpu": None},
+        sizing=None,  # GPU_CHECK_SIZING, set below
     ),
     # The model-size axis of the break-even map: the tutorial Net's width family (3.2 MFLOP
     # to 1.9 GFLOP per training image) across batch sizes, throughput only. On 2 CPU cores:
@@ -285,6 +321,62 @@ PRESET_TABLE: dict[str, Preset] = {
         cpu_reference=False,
     ),
 }
+
+
+# The arithmetic the gpu-check preset is sized with (bench/plan.py turns it into an estimate
+# per visit; `--plan` prints it). Assumptions, not measurements: no GPU has run it yet. Each
+# step time is fixed_ms (x autocast for fp16/bf16) + batch x per_image_ms.
+#  cuda (an H200 and its host): fixed_ms is eager host dispatch: the leaf operators of a
+#   step (tutorial Nets 114, ResNet-18 635-854: docs/gpu-bound.md) at ~8 us each (a launch
+#   through autograd and the dispatcher; the VM's least cost of an operator is 2.3 us);
+#   autocast adds casts (x1.3). per_image_ms is the training FLOPs of an image (tutorial 3.2 M,
+#   tutorial-wide 215 M, ResNet-18 3.33 G: FlopCounterMode) at an assumed achieved rate of about
+#   30 TFLOPS fp32, 100 TF32, 200 fp16/bf16 (under half the H200's datasheet 67/495/990:
+#   small 3x3 convolutions and memory-bound batch norms), rounded up; the tutorial's is bound by
+#   memory and launches. startup_s: the first pass of a shape runs cuDNN's autotuning
+#   (cudnn.benchmark tries each convolution's algorithms). visit_s: building the trainer,
+#   releasing memory, writing the row. profile_s: torch.profiler's start, stop and tree walk.
+#  cpu (the GPU machine's host, 16 cores, model unknown): the 2-core reference VM's measured
+#   steps (reports/cpu-amd-epyc-2core-20261128: fixed and per-image parts fitted over batch
+#   sizes), the per-image part / 4 (8x the cores, sub-linear), the fixed part as measured.
+#  start_s: Python and torch imports (3 s), CUDA context (2 s), system facts (1 s), the
+#   synthetic data (25,000 + 10,000 images: 4.8 s on the busy VM), margin.
+# The resulting plan, against the 190 s sweep stage: start 12 s + machine checks before and
+# after 19 s (probes of 0.2 s: probe_seconds) + 20 accuracy runs 17 s (4 CPU fp32 references,
+# 16 CUDA: 4 precisions x 4 seeds) + 78 grid passes 73 s (39 configurations x 2 passes, warm-up
+# repeated per pass; 7 energy windows and 22 profiled steps in the first pass) + 4
+# time-to-accuracy runs at their 3-epoch bound 5 s = 126 s, a third of 190 s spare; with every
+# extra pass the runner may add (25% of the grid's passes) 144 s. tests/test_plan.py holds both.
+GPU_CHECK_SIZING = {
+    "basis": "the gpu-check preset's sizing for an H200 and a 16-core host (bench/config.py GPU_CHECK_SIZING)",
+    "limit_s": 190.0,
+    "limit_name": "the sweep stage of scripts/gpu-check.sh",
+    "start_s": 12.0,
+    "probe_overhead_s": 0.3,
+    "kinds": {
+        "cuda": {
+            "fixed_ms": {"tutorial": 0.9, "tutorial-wide": 0.9, "resnet18": 6.5},
+            "autocast": 1.3,
+            "per_image_ms": {
+                "tutorial": {"fp32": 0.0002, "tf32": 0.0002, "fp16": 0.0002, "bf16": 0.0002},
+                "tutorial-wide": {"fp32": 0.008, "tf32": 0.003, "fp16": 0.002, "bf16": 0.002},
+                "resnet18": {"fp32": 0.12, "tf32": 0.04, "fp16": 0.022, "bf16": 0.022}},
+            "startup_s": {"tutorial": 0.1, "tutorial-wide": 0.2, "resnet18": 1.0},
+            "visit_s": 0.2, "profile_s": 0.5, "loader_s": 1.5, "loader_per_image_ms": 0.02,
+        },
+        "cpu": {
+            "fixed_ms": {"tutorial": 1.0, "tutorial-wide": 5.4, "resnet18": 27.0},
+            "autocast": 1.1,
+            "per_image_ms": {
+                "tutorial": {"fp32": 0.016, "bf16": 0.011},
+                "tutorial-wide": {"fp32": 0.36, "bf16": 0.17},
+                "resnet18": {"fp32": 4.3, "bf16": 2.2}},
+            "startup_s": {"tutorial": 0.0},
+            "visit_s": 0.2, "profile_s": 0.3, "loader_s": 1.5, "loader_per_image_ms": 0.02,
+        },
+    },
+}
+PRESET_TABLE["gpu-check"] = dataclasses.replace(PRESET_TABLE["gpu-check"], sizing=GPU_CHECK_SIZING)
 
 
 @dataclass(frozen=True)
@@ -357,8 +449,11 @@ def build_sweep(req: SweepRequest) -> list[RunConfig]:
     preset_accuracy = [] if req.epochs is not None else [(m, bs) for m, bs in p.accuracy_runs if m in models]
 
     def grid_sizes(kind: str, model: str) -> set[int]:
-        limit = None if req.batch_sizes else p.model_batch_limit.get((kind, model))
-        return {bs for bs in (req.batch_sizes or p.batch_sizes[kind]) if limit is None or bs <= limit}
+        if req.batch_sizes:
+            return set(req.batch_sizes)
+        limit = p.model_batch_limit.get((kind, model))
+        sizes = p.model_batch_sizes.get((kind, model), p.batch_sizes[kind])
+        return {bs for bs in sizes if limit is None or bs <= limit}
 
     for device in devices:
         kind = device.split(":")[0]

@@ -58,7 +58,7 @@ class InputCache:
     """Keeps device copies of the data per device, size, augmentation and layout (the
     MAX_ENTRIES latest): a pass visits configurations in shuffled order, so layouts alternate."""
 
-    MAX_ENTRIES = 3
+    MAX_ENTRIES = 4  # both layouts of the models with and without augmentation (CUDA: both layouts run)
 
     def __init__(self):
         self._entries: dict[tuple, tuple] = {}

@@ -39,8 +39,11 @@ from cnn.data import DeviceBatches, classic_loader, get_dataset
 from cnn.train import Trainer, make_trainer
 
 VARIANTS = ("ceiling", "device", "dataloader", "loader-only")
-# Layout comparison (--layout): batch sizes per model that take seconds, not minutes, on a CPU.
-LAYOUT_CASES = {"tutorial": (4, 32, 128, 512), "tutorial-wide": (32, 128), "resnet18": (4, 16, 64)}
+# Layout comparison (--layout): batch sizes per model and device kind. CPU: those that take
+# seconds, not minutes. CUDA: a small and a large batch of each model in the gpu-check grid
+# (small ones are bound by host dispatch, where the layout hardly matters).
+LAYOUT_CASES = {"cpu": {"tutorial": (4, 32, 128, 512), "tutorial-wide": (32, 128), "resnet18": (4, 16, 64)},
+                "cuda": {"tutorial": (32, 2048), "tutorial-wide": (128, 2048), "resnet18": (16, 512)}}
 
 
 @dataclass
@@ -256,7 +259,7 @@ def run_perf(args: argparse.Namespace) -> int:
                 write(partial=True)
         if args.layout:
             parts = []
-            for model, sizes in LAYOUT_CASES.items():
+            for model, sizes in LAYOUT_CASES[torch.device(args.device).type].items():
                 parts.append(measure_layout(args, model, sizes, log))
                 layout = pd.concat(parts, ignore_index=True)
                 write(partial=True)
