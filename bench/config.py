@@ -268,7 +268,7 @@ PRESET_TABLE: dict[str, Preset] = {
     "gpu-check": Preset(
         name="gpu-check",
         models=("tutorial", "tutorial-wide", "resnet18"),
-        batch_sizes={"cpu": (4, 32, 128), "cuda": (4, 32, 128, 512, 2048)},
+        batch_sizes={"cpu": (4, 32, 128), "cuda": (4, 32, 128, 2048)},
         precisions=SWEPT_PRECISIONS,
         budget=dict(warmup_steps=50, warmup_seconds=0.3, min_steps=10, max_steps=2000, max_seconds=0.3,
                     target_ci=0.03, max_config_seconds=12.0, eval_max_seconds=0.1),
@@ -278,7 +278,6 @@ PRESET_TABLE: dict[str, Preset] = {
         train_size=25_000,
         test_size=10_000,
         model_batch_sizes={("cpu", "tutorial-wide"): (4, 128), ("cpu", "resnet18"): (4, 16),
-                           ("cuda", "tutorial"): (4, 32, 128, 2048), ("cuda", "tutorial-wide"): (4, 32, 128, 2048),
                            ("cuda", "resnet18"): (4, 16, 512)},
         model_precisions={("cuda", "tutorial"): ("fp32", "bf16"), ("cuda", "tutorial-wide"): ("fp32", "bf16"),
                           ("cuda", "resnet18"): ("fp32", "tf32", "bf16")},
