@@ -243,3 +243,22 @@ def test_a_report_is_written_without_a_display(runs, tmp_path):
     for name in links:  # figures, figures.py's and breakeven's, all drawn
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.size[0] > 100, name
+
+
+def test_the_summary_lists_what_a_cut_sweep_did_not_run(tmp_path):
+    """A sweep stopped at a stage limit: sweep.json planned more than the results hold, and
+    `cifar-bench summary` (gpu-check's last word) says so, as the report does."""
+    import json
+    from dataclasses import asdict
+
+    from runfolders import CPU_SYSTEM, acc_row, write_folder
+
+    from bench.config import RunConfig
+    from bench.report import summary_text
+
+    folder = write_folder(tmp_path / "run", [acc_row(0, None, epochs=0, train_images_per_s=8000.0)], CPU_SYSTEM)
+    planned = [RunConfig("cpu", "tutorial", 32, "fp32"), RunConfig("cpu", "resnet18", 64, "fp32")]
+    (folder / "sweep.json").write_text(json.dumps([asdict(c) for c in planned]))
+    text = summary_text([folder])
+    assert re.search(r"not run: \d of 2 configurations that run 1's sweep.json planned have no result", text)
+    assert "cpu resnet18 bs=64 fp32" in text
