@@ -316,6 +316,10 @@ def compile_scope(cfg: RunConfig) -> Iterator[CompileRecord]:
     from torch._dynamo import exc
 
     torch._dynamo.reset()
+    if torch.cuda.is_initialized():  # CUDA-graph trees are process-wide; reset() clears them only in newer torch
+        from torch._inductor import cudagraph_trees
+
+        getattr(cudagraph_trees, "reset_cudagraph_trees", lambda: None)()
     strict = {k: v for k, v in (("fail_on_recompile_limit_hit", True), ("suppress_errors", False))
               if hasattr(torch._dynamo.config, k)}
     record = CompileRecord(True)
