@@ -220,7 +220,8 @@ def sweep_plan(args: argparse.Namespace, configs: list, out: Path, from_file: bo
     times = plan.StepTimes.from_rows(rows, PRESET_TABLE[args.preset or "standard"].sizing)
     followup = None if from_file and args.preset is None else time_to_accuracy_plan(args, grid_given(args))
     preset = PRESET_TABLE[args.preset or "standard"]
-    return plan.build(configs, times, followup, data=plan_data(args), probe_seconds=preset.probe_seconds)
+    return plan.build(configs, times, followup, data=plan_data(args), probe_seconds=preset.probe_seconds,
+                      rows=rows if args.resume else (), retry_all=args.retry_all)
 
 
 def print_plan(args: argparse.Namespace) -> int:

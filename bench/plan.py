@@ -207,11 +207,17 @@ class Plan:
 
 
 def build(configs: Sequence[RunConfig], times: StepTimes, followup=None, data: str = "synthetic",
-          probe_seconds: float | None = None) -> Plan:
+          probe_seconds: float | None = None, rows: Sequence[dict] = (), retry_all: bool = False) -> Plan:
     """The plan of `configs` in the sweep's order, with `followup` (a planner of more
-    configurations from grid rows: time to accuracy) fed the estimated throughputs."""
+    configurations from grid rows: time to accuracy) fed the estimated throughputs. `rows`:
+    the run folder's results when resuming: only what is still missing is planned, as the
+    runner would run it."""
+    from bench.results import row_key
+    from bench.runfolder import pending_of
+
+    latest = {row_key(r): r for r in rows}
     visits = []
-    for cfg, p in passes.visit_order(configs):
+    for cfg, p in passes.visit_order(pending_of(list(configs), list(rows), retry_all), latest, retry_all):
         step = times.step(cfg)
         visits.append(Visit(cfg, p, fewest_steps(cfg, p), visit_seconds(cfg, p, step, times.kind_sizing(cfg.device)),
                             times.source(cfg)))

@@ -150,3 +150,17 @@ def test_a_resumed_plan_uses_what_the_folder_measured(tmp_path, capsys):
                  "--precisions", "fp32", "--epochs", "0", "--data", "synthetic", "--out", str(out), "--plan"]) == 0
     text = capsys.readouterr().out
     assert "Estimate:" in text and "assumed" not in text
+
+
+def test_a_resumed_plan_plans_only_what_is_missing():
+    from dataclasses import asdict
+
+    configs = build_sweep(SweepRequest(preset="quick", devices=("cpu",), models=("tutorial",), passes=2))
+    grid = [c for c in configs if c.epochs == 0]
+    done = grid[0]
+    rows = [{"status": "ok", "epochs": 0, "config": asdict(done), "config_key": done.key(), "step_ms_median": 1.0,
+             "pass_results": [{"pass": 1, "status": "ok"}]}]  # its first pass only
+    p = plan.build(configs, plan.StepTimes.from_rows(rows), rows=rows)
+    visits = [(v.cfg.key(), v.pass_index) for v in p.visits]
+    assert (done.key(), 1) not in visits and (done.key(), 2) in visits
+    assert len(visits) == len(plan.build(configs, plan.StepTimes()).visits) - 1
