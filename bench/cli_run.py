@@ -194,6 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\ncifar-bench: interrupted. {saved} finished configurations are saved in "
               f"{runner.store.jsonl}; continue with: cifar-bench run --out {out} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        gc.unfreeze()  # (a caller in the same process, a test, keeps its collections whole)
     all_rows = runner.store.load()
     print(results_table(to_frame(all_rows)))
     return _finish(rows, f"in {time.perf_counter() - started:.0f} s; results in {out}")
@@ -302,6 +304,7 @@ def _run_worker(args: argparse.Namespace, topo, configs: list, out: Path) -> int
                                  f"results in {out}")
         return 0
     finally:
+        gc.unfreeze()
         dist.close()
 
 
