@@ -150,6 +150,7 @@ def test_a_compiled_configuration_is_ok_and_reports_its_compile_time(tmp_path):
     assert row["status"] == "ok", row["reason"]
     assert row["warmup_steps"] >= 3 and row["compile_seconds"] > 0.5  # inductor generates and compiles C++
     assert row["compile_seconds"] == row["startup_seconds"]
+    assert row["compile_frames"] >= 1 and row["recompiles"] is not None  # Dynamo's own count, reset per configuration
 
 
 def test_time_to_accuracy_is_planned_from_the_grids_fastest_batch_sizes(tmp_path):
