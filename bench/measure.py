@@ -305,7 +305,8 @@ FELL_BACK = ("torch.compile would have run this configuration eager: {why}. A ro
 def compile_scope(cfg: RunConfig) -> Iterator[CompileRecord]:
     """Around a compiled configuration: Dynamo's state reset first (`torch._dynamo.reset()`:
     no compiled code, guards or CUDA-graph trees carried over from an earlier configuration, so
-    its compile_seconds is a cold compile and the recompile limit counts its own recompiles),
+    its compile_seconds is its own compile (Inductor's on-disk caches stay) and the recompile
+    limit counts its own recompiles),
     and no silent fallback to eager: hitting the recompile limit raises
     (`fail_on_recompile_limit_hit`), as does a compile error (`suppress_errors` off), and either
     becomes `Unsupported` (the row is skipped with the reason). An eager configuration: nothing."""
