@@ -50,7 +50,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check cnn bench tests scripts
 
 # The standard sweep, its report and its accuracy verdicts (CPU: under 10 minutes on a
-# 2-core laptop; CUDA: the GPU sweep plus the CPU reference runs the accuracy check needs).
+# 2-core laptop; CUDA: the GPU sweep in both layouts, plus the CPU reference runs the
+# accuracy check needs and the CPU grid its GPU/CPU speedups compare with).
 # The report is written whenever the sweep saved results. An accuracy verdict is a finding,
 # not a failure of the job: it leads the report's summary and is printed last, and the
 # command exits 0 when the sweep and report finished. GATE=1 makes a pair that is not

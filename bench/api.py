@@ -157,6 +157,7 @@ def run(preset: str | None = None, devices: str | Sequence[str] = "cpu", *, mode
     Interrupting (Ctrl-C, or the notebook's stop button) keeps what finished: continue with
     the same call and resume=True."""
     from bench.cli_run import grid_given, time_to_accuracy_plan
+    from bench.config import PRESET_TABLE
     from bench.runfolder import RunFolderError
     from bench.runner import Runner
     from cnn.data import DataError
@@ -174,7 +175,8 @@ def run(preset: str | None = None, devices: str | Sequence[str] = "cpu", *, mode
         raise BenchError(str(e)) from None
     print(f"cifar-bench: {len(configs)} configurations -> {out}", flush=True)
     log = _Progress(progress)
-    runner = Runner(out, data_kind=args.data, data_dir=args.data_dir, log=log, progress=False)
+    runner = Runner(out, data_kind=args.data, data_dir=args.data_dir, log=log, progress=False,
+                    probe_seconds=PRESET_TABLE[args.preset or "standard"].probe_seconds)
     started = time.perf_counter()
     try:
         followup = None if from_file and args.preset is None else time_to_accuracy_plan(args, grid_given(args))

@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-all", action="store_true",
                      help="with --resume, also run again what was recorded oom, skipped or diverged")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--plan", action="store_true",
+                     help="print the configurations the sweep would run, in order (each pass's visits), with the "
+                          "fewest steps each needs and a time estimate where one is known; run nothing (a CUDA "
+                          "sweep can be planned without a GPU)")
     scale = run.add_argument_group("scaling out (torch.distributed, DDP, launched through torchrun)")
     scale.add_argument("--nproc", type=positive_int, default=None,
                        help="processes per node (one per GPU on CUDA); re-runs this command through torchrun. "

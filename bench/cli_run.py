@@ -119,14 +119,16 @@ def sweep_request(args: argparse.Namespace, world: int = 1):
     )
 
 
-def plan_sweep(args: argparse.Namespace, world: int = 1) -> tuple[list, Path, bool]:
+def plan_sweep(args: argparse.Namespace, world: int = 1, check: bool = True) -> tuple[list, Path, bool]:
     """(configurations, run folder, whether they come from the folder's sweep.json) of the
-    parsed flags of `cifar-bench run`, checked at the edge (UsageError with one line)."""
+    parsed flags of `cifar-bench run`, checked at the edge (UsageError with one line).
+    `check=False`: devices asked for need not exist here (`--plan`)."""
     import json
 
     from bench.config import RunConfig, build_sweep
 
-    check_devices(args.devices)
+    if check:
+        check_devices(args.devices)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, expected a folder")
     if args.resume and args.out is None:
@@ -145,11 +147,14 @@ def plan_sweep(args: argparse.Namespace, world: int = 1) -> tuple[list, Path, bo
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import distributed
+    from bench.config import PRESET_TABLE
     from bench.results import to_frame
     from bench.runfolder import RunFolderError, check_run_folder
     from bench.runner import Runner
     from cnn.data import DataError
 
+    if args.plan:
+        return print_plan(args)
     topo = distributed.topology_from_env()
     launch = _check_launch(args, topo)
     world = (args.nproc or 1) * (args.nnodes or 1) if launch else (topo.world_size if topo else 1)
@@ -164,8 +169,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if topo is not None:
         return _run_worker(args, topo, configs, out)
     print(f"cifar-bench: {len(configs)} configurations -> {out}", flush=True)
+    estimate = sweep_plan(args, configs, out, from_file)
+    if estimate.total() is not None:
+        basis = "measured" if all(v.source == "measured" for v in estimate.visits) else "assumed"
+        print(f"cifar-bench: estimated {estimate.total():.0f} s ({basis} step times; `--plan` shows the "
+              "arithmetic)", flush=True)
     runner = Runner(out, data_kind=args.data, data_dir=args.data_dir,
-                    log=lambda m: print(m, flush=True), progress=False if args.no_progress else None)
+                    log=lambda m: print(m, flush=True), progress=False if args.no_progress else None,
+                    probe_seconds=PRESET_TABLE[args.preset or "standard"].probe_seconds)
     started = time.perf_counter()
     try:
         # a plain --resume runs what sweep.json holds; --resume --preset NAME plans the preset's follow-ups too
@@ -183,6 +194,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _finish(rows, f"in {time.perf_counter() - started:.0f} s; results in {out}")
 
 
+def plan_data(args: argparse.Namespace) -> str:
+    """The data kind a sweep will run, as far as it is known before it runs: `auto` takes
+    CIFAR-10 when --data-dir holds it (else it would try a download, then synthetic)."""
+    if args.data != "auto":
+        return args.data
+    from cnn.data import find_cifar10_folder
+
+    return "cifar10" if find_cifar10_folder(Path(args.data_dir)) is not None else "synthetic"
+
+
+def sweep_plan(args: argparse.Namespace, configs: list, out: Path, from_file: bool):
+    """The plan of a sweep (bench/plan.py), with the step times measured in `out` where it
+    holds results (a --resume), else the preset's sizing assumptions."""
+    from bench import plan
+    from bench.config import PRESET_TABLE
+    from bench.results import ResultsStore
+
+    rows = ResultsStore(out).load(warn=lambda m: None) if (out / "results.jsonl").exists() else []
+    times = plan.StepTimes.from_rows(rows, PRESET_TABLE[args.preset or "standard"].sizing)
+    followup = None if from_file and args.preset is None else time_to_accuracy_plan(args, grid_given(args))
+    preset = PRESET_TABLE[args.preset or "standard"]
+    return plan.build(configs, times, followup, data=plan_data(args), probe_seconds=preset.probe_seconds,
+                      rows=rows if args.resume else (), retry_all=args.retry_all)
+
+
+def print_plan(args: argparse.Namespace) -> int:
+    """`cifar-bench run ... --plan`: the visits in order, fewest steps, estimates; runs nothing."""
+    from bench import plan
+
+    configs, out, from_file = plan_sweep(args, check=False)
+    print(f"cifar-bench: the plan of `run` with these flags ({len(configs)} configurations, data "
+          f"{plan_data(args)}); nothing is run")
+    print(plan.render(sweep_plan(args, configs, out, from_file)), end="")
+    return 0
+
+
 def time_to_accuracy_plan(args: argparse.Namespace, by_hand: bool):
     """The preset's time-to-accuracy runs, planned from the grid's results (none when the
     user chose the grid by hand, or asked for no accuracy runs with --epochs 0)."""
@@ -193,7 +240,7 @@ def time_to_accuracy_plan(args: argparse.Namespace, by_hand: bool):
     if not preset.time_to_accuracy or by_hand or args.epochs == 0:
         return None
     return lambda rows: plan_time_to_accuracy(rows, preset.time_to_accuracy, preset.tta_seeds, preset.tta_epochs,
-                                              target=args.target_accuracy)
+                                              candidates=preset.tta_candidates, target=args.target_accuracy)
 
 
 def _finish(rows: list[dict], where: str) -> int:
@@ -212,6 +259,7 @@ def _finish(rows: list[dict], where: str) -> int:
 def _run_worker(args: argparse.Namespace, topo, configs: list, out: Path) -> int:
     """One process of a torchrun job. Rank 0 prints and writes; the others stay quiet
     unless they fail."""
+    from bench.config import PRESET_TABLE
     from bench.distributed import Distributed, RankFailed
     from bench.results import to_frame
     from bench.runfolder import RunFolderError
@@ -225,7 +273,8 @@ def _run_worker(args: argparse.Namespace, topo, configs: list, out: Path) -> int
             print(f"cifar-bench: {len(configs)} configurations -> {out} ({topo.world_size} processes on "
                   f"{topo.nodes} node(s), {dist.backend})", flush=True)
         runner = Runner(out, data_kind=args.data, data_dir=args.data_dir, log=lambda m: print(m, flush=True),
-                        progress=False if args.no_progress else None, dist=dist)
+                        progress=False if args.no_progress else None, dist=dist,
+                        probe_seconds=PRESET_TABLE[args.preset or "standard"].probe_seconds)
         started = time.perf_counter()
         try:
             rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all)

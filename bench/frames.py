@@ -66,10 +66,10 @@ def against_highest_peak(frame: pd.DataFrame, system: dict) -> None:
     frame["peak_tflops"] = frame["peak_tflops"] * factor
     frame["mfu"] = frame["mfu"] / factor
     texts = []
-    for mfu, text in zip(frame["mfu"], frame["flags"]):
+    for mfu, text, device in zip(frame["mfu"], frame["flags"], frame["device"]):
         parts = [f for f in str(text or "").split("; ") if f and not f.startswith("MFU ")]
         if mfu == mfu and mfu is not None and mfu > 1:
-            parts.insert(0, mfu_flag(mfu))
+            parts.insert(0, mfu_flag(mfu, device))
         texts.append("; ".join(parts) or None)
     frame["flags"] = texts
 

@@ -22,9 +22,11 @@ from bench import energy, protocol, stepcost, system, timing
 from bench.config import RunConfig
 from cnn.data import Cifar10Arrays, DeviceBatches, classic_loader
 from cnn.models import parameter_count
-from cnn.train import Trainer, evaluate, make_trainer, train_epoch
+from cnn.train import Trainer, Unsupported, evaluate, make_trainer, train_epoch
 
 CEILING_FLAG = 1.05  # a loop measured faster than its own ceiling by more than this is noise, not speed
+NO_ENERGY_WINDOW = ("not measured in this configuration: its preset measures energy on a subset of the grid "
+                    "(Preset.energy_runs), to fit its time limit")
 
 
 def policy_for(cfg: RunConfig, agree: Callable[[float], float] = lambda x: x,
@@ -57,7 +59,7 @@ class InputCache:
     """Keeps device copies of the data per device, size, augmentation and layout (the
     MAX_ENTRIES latest): a pass visits configurations in shuffled order, so layouts alternate."""
 
-    MAX_ENTRIES = 3
+    MAX_ENTRIES = 4  # both layouts of the models with and without augmentation (CUDA: both layouts run)
 
     def __init__(self):
         self._entries: dict[tuple, tuple] = {}
@@ -119,13 +121,17 @@ def eval_loop(trainer: Trainer, test: Callable[[], Iterator]) -> tuple[protocol.
 
 def time_training(cfg: RunConfig, trainer: Trainer, loop: protocol.Loop, other: tuple[str, protocol.Loop],
                   policy: protocol.Policy, phase: Callable[[str], None],
-                  gather: Callable[[object], list] = lambda x: [x]) -> tuple[dict, float]:
+                  gather: Callable[[object], list] = lambda x: [x],
+                  warmed: Callable[[], None] = lambda: None) -> tuple[dict, float]:
     """Warm-up, budget check, interleaved rounds of the loop and `other` (the ceiling, or
-    no_sync steps under DDP). Returns the row's figures and the steady step time."""
+    no_sync steps under DDP). Returns the row's figures and the steady step time. `warmed()`
+    is called once warm-up is over, before the first timed step (the CUDA memory window opens
+    there: bench/resources.py)."""
     device = trainer.device
     phase("warm-up")
     warm = protocol.warm_up(loop, device, policy)
     protocol.check_budget(warm.fastest, 2, policy)
+    warmed()
     phase("timing")
     name, other_loop = other
     rounds = protocol.measure({"loop": loop, name: other_loop}, warm.steady, device, policy)
@@ -162,15 +168,21 @@ def time_eval(cfg: RunConfig, trainer: Trainer, test: Callable[[], Iterator], ph
     return {"eval_images_per_s": ev.items_per_second, "eval_samples_s": list(ev.samples)}
 
 
-def mfu_flag(mfu: float) -> str:
-    return f"MFU {mfu:.1%} > 100% of the measured matmul peak: the peak was probed low (load)"
+def mfu_flag(mfu: float, device: str | None = None) -> str:
+    """Why an MFU above 100% is a measurement problem: the peak probed low (a loaded
+    machine), or on CUDA, cuDNN's Winograd or FFT algorithms doing fewer FLOPs than counted."""
+    text = f"MFU {mfu:.1%} > 100% of the measured matmul peak: the peak was probed low (load)"
+    if str(device or "").startswith("cuda"):
+        text += (", or cuDNN ran Winograd or FFT convolutions, which do fewer FLOPs than the direct "
+                 "convolutions FlopCounterMode counts (then the throughput is real, the MFU is not)")
+    return text
 
 
 def flags(row: dict) -> list[str]:
     """Measurement problems a row carries: never a headline, always said."""
     out = []
     if (row.get("mfu") or 0) > 1:
-        out.append(mfu_flag(row["mfu"]))
+        out.append(mfu_flag(row["mfu"], row.get("device")))
     if (row.get("fraction_of_ceiling") or 0) > CEILING_FLAG:
         out.append(f"{row['fraction_of_ceiling']:.2f} of ceiling > {CEILING_FLAG}: the loop outran its own "
                    "compute-only ceiling, i.e. the machine's load changed between them")
@@ -211,14 +223,27 @@ def train_for_accuracy(cfg: RunConfig, trainer: Trainer, inputs: Inputs, phase: 
 
 def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callable[[str], None],
             peak_tflops: Callable[[], float], save_predictions: Callable | None,
-            dist=None, once: bool = True, reference_step: float | None = None) -> tuple[dict, float | None]:
+            dist=None, once: bool = True, reference_step: float | None = None,
+            warmed: Callable[[], None] = lambda: None) -> tuple[dict, float | None]:
     """Every figure of one configuration's row, and its steady step time (for the sweep's
     budget predictions). `save_predictions` is None on ranks other than 0. An accuracy run
     (epochs > 0) trains and is timed epoch by epoch, end to end; its throughput is measured
     by the grid's own configuration of the same model, batch size and precision. `once`: this
-    visit measures what a configuration needs only once (its energy window), as the first
-    pass does. `reference_step`: the steady step an earlier pass measured (its warm-up may
-    settle on it)."""
+    visit measures what a configuration needs only once (its energy window and profiled step,
+    where `cfg.energy_window` and `cfg.profile_step` ask for them), as the first pass does.
+    `reference_step`: the steady step an earlier pass measured (its warm-up may settle
+    on it). `warmed()`: called when the training loop's warm-up is over. A compiled configuration
+    compiles from scratch and may not fall back to eager (`compile_scope`)."""
+    with compile_scope(cfg) as compiled:
+        row, step = _measure(cfg, device, inputs, phase, peak_tflops, save_predictions, dist, once,
+                             lambda: (compiled.warmed(), warmed()), reference_step)
+    return {**row, **compiled.columns()}, step
+
+
+def _measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callable[[str], None],
+             peak_tflops: Callable[[], float], save_predictions: Callable | None,
+             dist, once: bool, warmed: Callable[[], None],
+             reference_step: float | None = None) -> tuple[dict, float | None]:
     trainer = build_trainer(cfg, device, None if dist is None else dist.group_for(device))
     row: dict = {"data": inputs.data.source, "lr": trainer.lr, "train_size": len(inputs.data.train_y),
                  "test_size": len(inputs.data.test_y), "flops_per_image": system.training_flops_per_image(cfg.model),
@@ -232,13 +257,15 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
     stream = endless_batches(inputs.train_epoch)
     other = ("ceiling", ceiling_loop(trainer, stream)) if dist is None else ("no_sync", no_sync_loop(trainer, stream))
     timed, step = time_training(cfg, trainer, training_loop(trainer, stream), other, policy, phase,
-                                gather=(lambda x: [x]) if dist is None else dist.all_gather)
+                                gather=(lambda x: [x]) if dist is None else dist.all_gather, warmed=warmed)
     row.update(timed)
-    if once and dist is None:  # operators and bytes of one step, for the GPU speedup bound (not timed)
+    if once and cfg.profile_step and dist is None:  # operators and bytes of one step, for the GPU bound (not timed)
         row.update(stepcost.measure_step(trainer, *next(stream)))
-    if once:
+    if once and cfg.energy_window:
         row.update(energy.training_energy(training_loop(trainer, stream), step, device, cfg.batch_size, phase,
                                           distributed=dist is not None))
+    elif once:
+        row.update(energy.not_measured(NO_ENERGY_WINDOW))
     del stream
     if save_predictions is not None:  # under DDP rank 0 alone evaluates; the others wait
         row.update(time_eval(cfg, trainer, inputs.test, phase, policy))
@@ -249,6 +276,75 @@ def measure(cfg: RunConfig, device: torch.device, inputs: Inputs, phase: Callabl
         dist.barrier()
     row["flags"] = "; ".join(flags(row)) or None
     return row, step
+
+
+class CompileRecord:
+    """What Dynamo compiled during one configuration (empty for an eager one):
+    `compile_frames`, the frames it compiled in all, and `recompiles`, those compiled after
+    the training loop's warm-up (a guard that failed: evaluation's forward in eval mode, a new
+    shape), read from torch._dynamo's own counters."""
+
+    def __init__(self, on: bool):
+        self.on = on
+        self._start = self._at_warm = None
+        if on:
+            self._start = self._frames()
+
+    @staticmethod
+    def _frames() -> int:
+        from torch._dynamo.utils import counters
+
+        return counters["frames"]["ok"]
+
+    def warmed(self) -> None:
+        if self.on and self._at_warm is None:
+            self._at_warm = self._frames()
+
+    def columns(self) -> dict:
+        if not self.on:
+            return {}
+        end = self._frames()
+        return {"compile_frames": end - self._start,
+                "recompiles": None if self._at_warm is None else end - self._at_warm}
+
+
+FELL_BACK = ("torch.compile would have run this configuration eager: {why}. A row labelled compile must have "
+             "run compiled, so it is refused")
+
+
+@contextlib.contextmanager
+def compile_scope(cfg: RunConfig) -> Iterator[CompileRecord]:
+    """Around a compiled configuration: Dynamo's state reset first (`torch._dynamo.reset()`:
+    no compiled code, guards or CUDA-graph trees carried over from an earlier configuration, so
+    its compile_seconds is its own compile (Inductor's on-disk caches stay) and the recompile
+    limit counts its own recompiles),
+    and no silent fallback to eager: hitting the recompile limit raises
+    (`fail_on_recompile_limit_hit`), as does a compile error (`suppress_errors` off), and either
+    becomes `Unsupported` (the row is skipped with the reason). An eager configuration: nothing."""
+    if not cfg.compile:
+        yield CompileRecord(False)
+        return
+    import torch._dynamo
+    from torch._dynamo import exc
+
+    torch._dynamo.reset()
+    if torch.cuda.is_initialized():  # CUDA-graph trees are process-wide; reset() clears them only in newer torch
+        from torch._inductor import cudagraph_trees
+
+        getattr(cudagraph_trees, "reset_cudagraph_trees", lambda: None)()
+    strict = {k: v for k, v in (("fail_on_recompile_limit_hit", True), ("suppress_errors", False))
+              if hasattr(torch._dynamo.config, k)}
+    record = CompileRecord(True)
+    limit_hit = getattr(exc, "FailOnRecompileLimitHit", None) or getattr(exc, "FailOnCacheLimitHit", None)
+    try:
+        with torch._dynamo.config.patch(**strict):
+            yield record
+    except Exception as e:
+        if limit_hit is not None and isinstance(e, limit_hit):
+            limit = getattr(torch._dynamo.config, "recompile_limit", None) or \
+                getattr(torch._dynamo.config, "cache_size_limit", "?")
+            raise Unsupported(FELL_BACK.format(why=f"Dynamo's recompile limit ({limit}) was hit")) from e
+        raise
 
 
 @contextlib.contextmanager

@@ -104,7 +104,9 @@ def handle_for(nvml, index: int) -> object:
     if uuid is not None:
         try:
             return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
-        except errors(nvml):  # an older driver or a MIG slice: by index below
+        # an older driver or a MIG slice (NVML's error); a pynvml without nvidia-ml-py's str-to-bytes
+        # wrapper (TypeError from ctypes.c_char_p): by index below
+        except (TypeError, *errors(nvml)):
             pass
     nvml_index = getattr(torch.cuda, "_get_nvml_device_index", lambda i: i)(index)
     return nvml.nvmlDeviceGetHandleByIndex(nvml_index)

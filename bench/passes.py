@@ -36,7 +36,7 @@ from dataclasses import replace
 
 from scipy import stats
 
-from bench.config import RunConfig
+from bench.config import RunConfig, is_reference
 
 ORDER_SEED = 0  # pass p's order is random.Random(f"{ORDER_SEED}:{p}"): the same sweep, the same orders
 EXTRA_ORDER = 100  # extra pass k is ordered as pass EXTRA_ORDER + k (an order of its own)
@@ -56,6 +56,7 @@ MEDIAN_VARIANCE = {1: 1.0, 2: 1.0, 3: 1.346, 4: 1.193, 5: 1.435}
 PASS_FIELDS = ("status", "reason", "train_images_per_s", "ceiling_images_per_s", "fraction_of_ceiling",
                "eval_images_per_s", "step_ms_median", "step_ms_iqr", "median_ci", "timed_steps", "rounds",
                "warmup_steps", "warmup_seconds", "warmup_settled", "startup_seconds", "compile_seconds",
+               "compile_frames", "recompiles",
                "peak_memory_mb", "peak_memory_total_mb", "cpu_percent", "step_ms_no_sync", "comm_share",
                "visit_seconds", "finished_at")
 # Measured in the first pass only (bench/measure.py `once`) and carried over to later rows.
@@ -117,6 +118,29 @@ def pass_order(configs: Sequence[RunConfig], pass_index: int, seed: int = ORDER_
     return [c for k in keys for c in groups[k]]
 
 
+def visit_order(configs: Sequence[RunConfig], rows: dict[str, dict] | None = None,
+                retry_all: bool = False) -> list[tuple[RunConfig, int | None]]:
+    """The sweep's visits, (configuration, pass index or None), in order: accuracy runs
+    first (the CPU fp32 references first of all), once each; then the throughput grid in
+    passes, each pass in its own shuffled order (`pass_order`), a configuration only in the
+    passes its row in `rows` (by config key) lacks (all of them when its row is to run again:
+    not ok, and failed or `retry_all`). The runner follows it; `cifar-bench run --plan` prints it."""
+    from bench.runfolder import has_pass  # (runfolder imports this module)
+
+    rows = rows or {}
+    one_off = sorted((c for c in configs if not is_grid(c)), key=lambda c: not is_reference(c))
+    grid = [c for c in configs if is_grid(c)]
+    visits: list[tuple[RunConfig, int | None]] = [(c, None) for c in one_off]
+
+    def again(row: dict | None) -> bool:
+        return row is not None and row.get("status") != "ok" and (retry_all or row.get("status") == "failed")
+
+    for p in range(1, max((c.passes for c in grid), default=0) + 1):
+        todo = [c for c in grid if c.passes >= p and (again(rows.get(c.key())) or not has_pass(rows.get(c.key()), p))]
+        visits += [(c, p) for c in pass_order(todo, p)]
+    return visits
+
+
 # --------------------------------------------------------------------------------------
 # One row from its passes
 # --------------------------------------------------------------------------------------
@@ -148,6 +172,8 @@ def merge(previous: dict | None, visit: dict, pass_index: int) -> dict:
         row[k] = _median(e.get(k) for e in ok)
     first = ok[0]  # the cold start: later passes may reuse caches (compiled code, cuDNN plans)
     row.update(startup_seconds=first.get("startup_seconds"), compile_seconds=first.get("compile_seconds"),
+               compile_frames=first.get("compile_frames"),
+               recompiles=max((e["recompiles"] for e in ok if e.get("recompiles") is not None), default=None),
                timed_steps=sum(e.get("timed_steps") or 0 for e in ok), rounds=sum(e.get("rounds") or 0 for e in ok),
                warmup_steps=sum(e.get("warmup_steps") or 0 for e in ok),
                warmup_seconds=sum(e.get("warmup_seconds") or 0 for e in ok),

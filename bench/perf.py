@@ -32,15 +32,18 @@ import pandas as pd
 import torch
 
 from bench import protocol, system, timing
-from bench.config import default_channels_last
+from bench.config import RunConfig, default_channels_last
 from bench.markdown import to_markdown
-from bench.measure import ceiling_loop, endless_batches, training_loop
+from bench.measure import ceiling_loop, cudnn_benchmark, endless_batches, training_loop
 from cnn.data import DeviceBatches, classic_loader, get_dataset
 from cnn.train import Trainer, make_trainer
 
 VARIANTS = ("ceiling", "device", "dataloader", "loader-only")
-# Layout comparison (--layout): batch sizes per model that take seconds, not minutes, on a CPU.
-LAYOUT_CASES = {"tutorial": (4, 32, 128, 512), "tutorial-wide": (32, 128), "resnet18": (4, 16, 64)}
+# Layout comparison (--layout): batch sizes per model and device kind. CPU: those that take
+# seconds, not minutes. CUDA: a small and a large batch of each model in the gpu-check grid
+# (small ones are bound by host dispatch, where the layout hardly matters).
+LAYOUT_CASES = {"cpu": {"tutorial": (4, 32, 128, 512), "tutorial-wide": (32, 128), "resnet18": (4, 16, 64)},
+                "cuda": {"tutorial": (32, 2048), "tutorial-wide": (128, 2048), "resnet18": (16, 512)}}
 
 
 @dataclass
@@ -81,10 +84,11 @@ def build_bench(data, model: str, batch_size: int, device: torch.device, precisi
     })
 
 
-def perf_policy(args: argparse.Namespace) -> protocol.Policy:
-    """`repeats` rounds of about `seconds` per variant each, all of them used (no early stop:
-    the point is the ratios, measured over the same rounds)."""
-    return protocol.Policy(min_steps=args.repeats, max_seconds=args.seconds * args.repeats * len(VARIANTS),
+def perf_policy(args: argparse.Namespace, variants: int = len(VARIANTS)) -> protocol.Policy:
+    """`repeats` rounds of about `seconds` per variant each, for the `variants` measured
+    together, all of them used (no early stop: the point is the ratios, measured over the
+    same rounds)."""
+    return protocol.Policy(min_steps=args.repeats, max_seconds=args.seconds * args.repeats * variants,
                            rounds=args.repeats, target_ci=0.0, warmup_seconds=1.0, max_config_seconds=float("inf"))
 
 
@@ -93,17 +97,6 @@ def measure_variants(b: Bench, variants: tuple[str, ...], policy: protocol.Polic
     device = b.trainer.device
     steady = max(protocol.warm_up(b.loops[v], device, policy).steady for v in variants)
     return protocol.measure({v: b.loops[v] for v in variants}, steady, device, policy)
-
-
-def mark_cost(device: torch.device, calls: int = 20_000) -> float:
-    """Seconds per StepTimer.mark() (the harness's per-step instrumentation)."""
-    timer = timing.StepTimer(device, calls)
-    with timing.Stopwatch(device) as sw:
-        timer.start()
-        for _ in range(calls):
-            timer.mark()
-        timer.samples()
-    return sw.seconds / calls
 
 
 def paired_ratio(rounds: protocol.Rounds, a: str, b: str, batch: int) -> float:
@@ -129,7 +122,7 @@ def measure_batch_size(args: argparse.Namespace, data, model: str, bs: int, log=
         row[f"{v}_iqr"] = median_iqr(rounds.per_round(v, bs))[1]
     row["device_vs_ceiling"] = paired_ratio(rounds, "device", "ceiling", bs)
     row["device_vs_dataloader"] = paired_ratio(rounds, "device", "dataloader", bs)
-    row["mark_us"] = 1e6 * mark_cost(device)
+    row["mark_us"] = 1e6 * timing.mark_cost(device)
     row["mark_share"] = row["mark_us"] * 1e-6 * row["device_img_s"] / bs  # of one step's time
     row["loader_only_vs_device"] = paired_ratio(rounds, "loader-only", "device", bs)
     log(f"  {model} bs {bs}: {rounds.rounds} rounds of {rounds.block} steps: "
@@ -151,7 +144,7 @@ def measure_layout(args: argparse.Namespace, model: str, batch_sizes: tuple[int,
             trainer = make_trainer(model, device, args.precision, batch_size=bs, channels_last=cl)
             loops[layout] = ceiling_loop(trainer, iter([(x, y)]))
         b = Bench(trainer, bs, loops)
-        rounds = measure_variants(b, ("default", "channels_last"), perf_policy(args))
+        rounds = measure_variants(b, ("default", "channels_last"), perf_policy(args, len(loops)))
         row = {"model": model, "batch_size": bs, "precision": args.precision}
         for layout in loops:
             row[f"{layout}_img_s"] = rounds.measurement(layout, bs, "").items_per_second
@@ -207,7 +200,8 @@ def render(table: pd.DataFrame, layout: pd.DataFrame | None, args: argparse.Name
         "device-resident input path; *DataLoader*: torchvision CIFAR10 with ToTensor/Normalize through a "
         "DataLoader; *DataLoader alone*: the same pipeline iterated without training. Timing overhead: the "
         f"measured cost of the timer's per-step call ({table['mark_us'].median():.2f} us) over the device "
-        "path's step time.",
+        "path's step time." + (" cuDNN autotuning (`cudnn.benchmark`) on, as in the sweep's rows."
+                                if args.device.startswith("cuda") else ""),
         "",
         to_markdown(show),
         "",
@@ -256,16 +250,19 @@ def run_perf(args: argparse.Namespace) -> int:
             layout.to_csv(out / f"{stem}-layout.csv", index=False)
         return text
 
-    for model in args.models:
-        for bs in args.batch_sizes:
-            rows.append(measure_batch_size(args, data, model, bs, log))
-            write(partial=True)
-    if args.layout:
-        parts = []
-        for model, sizes in LAYOUT_CASES.items():
-            parts.append(measure_layout(args, model, sizes, log))
-            layout = pd.concat(parts, ignore_index=True)
-            write(partial=True)
+    # cuDNN autotuning as the sweep's rows run (RunConfig.cudnn_benchmark): the layout verdicts
+    # set the layout default of those rows, so they are taken under the same algorithm choice.
+    with cudnn_benchmark(torch.device(args.device), RunConfig.cudnn_benchmark):
+        for model in args.models:
+            for bs in args.batch_sizes:
+                rows.append(measure_batch_size(args, data, model, bs, log))
+                write(partial=True)
+        if args.layout:
+            parts = []
+            for model, sizes in LAYOUT_CASES[torch.device(args.device).type].items():
+                parts.append(measure_layout(args, model, sizes, log))
+                layout = pd.concat(parts, ignore_index=True)
+                write(partial=True)
     print(write(partial=False))
     print(f"perf: written to {out / (stem + '.md')}")
     return 0

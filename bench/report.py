@@ -29,10 +29,10 @@ from bench.frames import (
     throughput,
 )
 from bench.markdown import to_markdown
-from bench.report_warnings import warnings_lines
+from bench.report_warnings import not_run_lines, warnings_lines
 from bench.results import markdown_table
+from bench.time_to_accuracy import choice_lines, headline_cell, target_lines, tta_markdown, tta_table
 from bench.time_to_accuracy import headline as tta_headline
-from bench.time_to_accuracy import headline_cell, target_lines, tta_markdown, tta_table
 
 # --------------------------------------------------------------------------------------
 # Conclusions in plain words
@@ -239,6 +239,7 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
         text += "".join(f"\n- {model}: {line}" for line in tta_headline(tta, model, s["speedup"] if s else None))
     counts = df["status"].value_counts()
     text += "\n\nconfigurations: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+    text += "".join(f"\n{line}" for line in not_run_lines(systems))  # a sweep cut short says what it lacks
     if not eq.empty:
         text += "\n" + "\n".join(f"- {r.model} bs {r.batch_size}: {r.candidate} vs {r.reference}: {r.verdict} "
                                  f"({r.diff_pp:+.2f} pp, {r.seeds} seeds)" for r in eq.itertuples())
@@ -347,7 +348,8 @@ def _time_to_accuracy_parts(df: pd.DataFrame) -> list[str]:
             "never reached the target within the epoch bound counts as slower than any that did (\"not "
             "reached\" as the median: half or more never did). Range: the runs that reached it. The summary "
             "compares each device's fastest configuration at one target.", "",
-            *[f"- Target: {line}" for line in target_lines(tta)], "", tta_markdown(tta), ""]
+            *[f"- Target: {line}" for line in target_lines(tta)],
+            *[f"- Batch sizes: {line}" for line in choice_lines(df)], "", tta_markdown(tta), ""]
 
 
 def _scaling_parts(df: pd.DataFrame, out: Path) -> list[str]:

@@ -7,9 +7,13 @@ Memory is per configuration, never the process's history:
         handed back to the system with malloc_trim, so an earlier configuration's leftovers
         neither hide nor inflate it). Where /proc cannot be used (not Linux) the resident
         set is sampled every 0.1 s instead, and `memory_kind` says so.
-  cuda  the caching allocator's peak statistics are reset after the dataset is placed, so
-        `max_memory_allocated` over what was allocated at the start is the configuration's
-        own (weights, optimizer state, activations, workspace); the dataset is reported apart.
+  cuda  what is allocated after the dataset is placed is the baseline; the caching
+        allocator's peak statistics are reset when the training loop's warm-up is over
+        (`warmed_up`), so `max_memory_allocated` over the baseline is the configuration's own
+        steady peak (weights, optimizer state, activations, the workspace of the algorithms
+        chosen), not the workspaces cuDNN's autotuning tried during warm-up
+        (cudnn.benchmark runs every candidate algorithm with its own workspace); the dataset
+        is reported apart. A block without warm-up (an accuracy run) keeps the whole window.
 CPU use: process CPU time over wall time, DataLoader workers and other child processes
 included (100% = one core busy).
 
@@ -18,9 +22,11 @@ The CUDA calls go through `CudaMemory`, which tests replace with a stub.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,12 +50,18 @@ def _libc():
 _LIBC = _libc()
 
 
-def freeze_startup_objects() -> None:
-    """Move every object alive now (imported modules, the dataset) out of the collector's
-    reach: a full collection then costs microseconds instead of ~0.15 s over some 300,000
-    objects, and a sweep runs two per configuration visit (`release_memory`)."""
+@contextlib.contextmanager
+def startup_objects_frozen() -> Iterator[None]:
+    """Inside the block, every object alive at its start (imported modules, the dataset) is
+    out of the collector's reach: a full collection then costs microseconds instead of ~0.15 s
+    over some 300,000 objects, and a sweep runs two per configuration visit (`release_memory`).
+    Unfrozen after, so a caller in the same process (a test, a notebook) keeps whole collections."""
     gc.collect()
     gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def release_memory() -> None:
@@ -141,6 +153,12 @@ class ResourceMonitor:
                 self._sampler.start()
         self._cpu0, self._t0 = self._cpu_seconds(), timing.now()
         return self
+
+    def warmed_up(self) -> None:
+        """Warm-up is over: on CUDA the peak window opens here (the baseline stays what the
+        block started from); elsewhere nothing changes."""
+        if self.device.type == "cuda":
+            self.cuda.reset_peak(self.device)
 
     def __exit__(self, *exc: object) -> None:
         wall = timing.now() - self._t0

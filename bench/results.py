@@ -76,7 +76,14 @@ COLUMNS: dict[str, str] = {
     "startup_seconds": "warm-up time beyond steady steps: compilation, cuDNN autotuning, first allocations (the "
                        "first pass: the cold start)",
     "timing_method": "perf_counter (CPU) or cuda_event",
-    "compile_seconds": "startup_seconds of a torch.compile run: the compilation",
+    "compile_seconds": "startup_seconds of a torch.compile run: the compilation (Dynamo is reset before each "
+                       "compiled configuration; Inductor's on-disk caches of graphs and kernels are kept, as a user's "
+                       "second run would find them)",
+    "compile_frames": "frames torch.compile's Dynamo compiled in the configuration (a compiled run only; the first "
+                      "pass)",
+    "recompiles": "of those, the frames compiled after the training loop's warm-up: recompiles (a failed guard, "
+                  "e.g. evaluation's forward in eval mode). A run that hit Dynamo's recompile limit is refused "
+                  "(skipped), never recorded as compiled",
     "ceiling_images_per_s": "compute-only ceiling: the same step on one batch already on the device, timed "
                             "in rounds interleaved with the loop",
     "fraction_of_ceiling": "train_images_per_s / ceiling_images_per_s within each pass, the median over passes "

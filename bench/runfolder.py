@@ -94,11 +94,8 @@ class RunFolder:
         if rows and not resume:
             raise RunFolderError(_holds_results(self.out, len(rows)))
         (self.out / "sweep.json").write_text(json.dumps([asdict(c) for c in configs], indent=1))
-        final = ("ok",) if retry_all else FINAL_STATUSES
-        latest_rows = {row_key(r): r for r in rows}
-        latest = {k: r.get("status") for k, r in latest_rows.items()}
-        done = {k for k, status in latest.items() if status in final}
-        pending = [c for c in configs if c.key() not in done or missing_passes(c, latest_rows[c.key()])]
+        pending = pending_of(configs, rows, retry_all)
+        latest = {row_key(r) for r in rows}
         if rows:
             again = sum(1 for c in pending if c.key() in latest)
             self.log(f"resuming {self.out}: {len(configs) - len(pending)} of {len(configs)} configurations already "
@@ -109,6 +106,15 @@ class RunFolder:
         tmp = self.out / "system.json.tmp"
         tmp.write_text(json.dumps(info, indent=2, default=str))
         os.replace(tmp, self.out / "system.json")
+
+
+def pending_of(configs: list[RunConfig], rows: list[dict], retry_all: bool = False) -> list[RunConfig]:
+    """The configurations still to run given a folder's rows: those without a final row (ok,
+    or oom/skipped/diverged unless `retry_all`), and ok throughput rows still lacking passes."""
+    final = ("ok",) if retry_all else FINAL_STATUSES
+    latest_rows = {row_key(r): r for r in rows}
+    done = {k for k, r in latest_rows.items() if r.get("status") in final}
+    return [c for c in configs if c.key() not in done or missing_passes(c, latest_rows[c.key()])]
 
 
 def has_pass(row: dict | None, pass_index: int) -> bool:

@@ -34,7 +34,7 @@ from bench.distributed import Distributed, RankFailed
 from bench.passes import is_grid
 from bench.resources import ResourceMonitor, release_memory
 from bench.results import COLUMNS, row_key
-from bench.runfolder import RunFolder, RunFolderError, has_pass
+from bench.runfolder import RunFolder, RunFolderError
 from cnn.data import Cifar10Arrays, DataError, get_dataset
 from cnn.train import Diverged, Unsupported, unsupported_reason
 
@@ -78,6 +78,7 @@ class Runner:
         self._peaks: dict[tuple[str, str], dict] = {}
         self._drift: dict[str, dict] = {}
         self._stepcost: dict = {}  # host cost per operator, memory bandwidth (bench/stepcost.py)
+        self._probed: set[str] = set()  # devices whose "before" probes ran
         self._history: dict[tuple, list[tuple[int, float]]] = {}
         self._rows: dict[str, dict] = {}  # the latest row of each configuration (passes merge into it)
         self._sizes: tuple[int | None, int | None] = (None, None)
@@ -124,26 +125,33 @@ class Runner:
                 if problems:
                     raise DataError("; ".join(problems))
             self._rows = dict(plan["prior"])
-            checked = list(plan["pending"])
-            resources.freeze_startup_objects()  # after imports and the dataset: cheap collections per visit
-            self._machine_checks(checked, "before")
-            rows = self._sweep(plan["pending"], retry_all)
-            if followup is not None and self.dist is None:
-                more = [c for c in followup(self.store.load()) if c not in configs]
-                if more:
-                    self.log(f"time to accuracy: {len(more)} runs at the fastest batch sizes measured")
-                    configs = configs + more
-                    pending = self.folder.pending(configs, resume=True, retry_all=retry_all)
-                    checked += [c for c in pending if c not in checked]
-                    self._machine_checks(pending, "before")  # only what was not probed yet
-                    rows += self._sweep(pending, retry_all)
-            self._machine_checks(checked, "after")
-            latest = {row_key(r): r for r in rows}  # a configuration's row after its last pass, in plan order
-            return [latest[c.key()] for c in configs if c.key() in latest]
+            self._record_cudnn_benchmark(configs)
+            with resources.startup_objects_frozen():  # after imports and the dataset: cheap collections per visit
+                return self._run_planned(plan["pending"], configs, retry_all, followup)
         finally:
             if self.main and self.folder.locked:
                 self._write_system()
             self.folder.release()
+
+    def _run_planned(self, pending: list[RunConfig], configs: list[RunConfig], retry_all: bool,
+                     followup: Callable[[list[dict]], list[RunConfig]] | None) -> list[dict]:
+        """The machine checks before, the sweep, its follow-ups, the checks after; the latest
+        row of each configuration this call recorded, in plan order."""
+        checked = list(pending)
+        self._machine_checks(checked, "before")
+        rows = self._sweep(pending, retry_all)
+        if followup is not None and self.dist is None:
+            more = [c for c in followup(self.store.load()) if c not in configs]
+            if more:
+                self.log(f"time to accuracy: {len(more)} runs at the fastest batch sizes measured")
+                configs = configs + more
+                pending = self.folder.pending(configs, resume=True, retry_all=retry_all)
+                checked += [c for c in pending if c not in checked]
+                self._machine_checks(pending, "before")  # only what was not probed yet
+                rows += self._sweep(pending, retry_all)
+        self._machine_checks(checked, "after")
+        latest = {row_key(r): r for r in rows}  # a configuration's row after its last pass, in plan order
+        return [latest[c.key()] for c in configs if c.key() in latest]
 
     def _set_sizes(self, configs: list[RunConfig]) -> None:
         sizes = [c.train_size for c in configs], [c.test_size for c in configs]
@@ -161,6 +169,15 @@ class Runner:
         self.folder.write_system({**self.system, "peaks": list(self._peaks.values()),
                                   "drift": list(self._drift.values()), **self._stepcost})
 
+    def _record_cudnn_benchmark(self, configs: list[RunConfig]) -> None:
+        """system.json's `cudnn_benchmark`: what the sweep's CUDA rows run with (each row's
+        RunConfig sets it for its own block), not the process default (kept apart as
+        `cudnn_benchmark_default`)."""
+        if not self.system.get("cuda_available"):
+            return
+        used = {c.cudnn_benchmark for c in configs if torch.device(c.device).type == "cuda"}
+        self.system["cudnn_benchmark"] = used.pop() if len(used) == 1 else ("mixed" if used else None)
+
     # ---- the sweep ---------------------------------------------------------------------
 
     def _machine_checks(self, configs: list[RunConfig], when: str) -> None:
@@ -174,8 +191,12 @@ class Runner:
         for cfg in dict.fromkeys(RunConfig(c.device, "tutorial", 1, c.precision) for c in configs):
             if unsupported_reason(cfg.device, cfg.precision) is None:
                 self.peak(cfg.device, cfg.precision, when)
-        stepcost.probe_machine(self._stepcost, [d for d in dict.fromkeys(c.device for c in configs)
-                                                if unsupported_reason(d, "fp32") is None], self.probe_seconds)
+        probe = [d for d in dict.fromkeys(c.device for c in configs) if unsupported_reason(d, "fp32") is None]
+        if when == "before":  # follow-ups probe only devices not yet probed (a second probe is the "after")
+            probe = [d for d in probe if d not in self._probed]
+            self._probed.update(probe)
+        if probe:
+            stepcost.probe_machine(self._stepcost, probe, self.probe_seconds)
         if self.dist is not None or self.drift_seconds == 0:
             return  # (distributed: the other ranks share the machine while rank 0 would time alone)
         for device in dict.fromkeys(c.device for c in configs):
@@ -202,22 +223,9 @@ class Runner:
         return self._peaks[key]
 
     def _visits(self, configs: list[RunConfig], retry_all: bool = False) -> list[tuple[RunConfig, int | None]]:
-        """The order of the sweep: accuracy runs first (the CPU fp32 references first of all),
-        once each; then the throughput grid in passes (bench/passes.py), each pass in its own
-        shuffled order, a configuration only in the passes its row lacks (all of them when
-        its row is to run again: not ok, and failed or `retry_all`)."""
-        one_off = sorted((c for c in configs if not is_grid(c)), key=lambda c: not is_reference(c))
-        grid = [c for c in configs if is_grid(c)]
-        visits: list[tuple[RunConfig, int | None]] = [(c, None) for c in one_off]
-
-        def again(row: dict | None) -> bool:
-            return row is not None and row.get("status") != "ok" and (retry_all or row.get("status") == "failed")
-
-        for p in range(1, max((c.passes for c in grid), default=0) + 1):
-            todo = [c for c in grid if c.passes >= p and (again(self._rows.get(c.key()))
-                                                          or not has_pass(self._rows.get(c.key()), p))]
-            visits += [(c, p) for c in passes.pass_order(todo, p)]
-        return visits
+        """The order of the sweep (bench/passes.py `visit_order`, which `--plan` prints too),
+        given the rows already recorded."""
+        return passes.visit_order(configs, self._rows, retry_all)
 
     def _sweep(self, configs: list[RunConfig], retry_all: bool = False) -> list[dict]:
         from tqdm import tqdm
@@ -368,7 +376,8 @@ class Runner:
                         cfg, device, inputs, phase,
                         lambda: self.peak(cfg.device, cfg.precision)["tflops"] * peak_scale,
                         self.store.save_predictions if self.main else None, self.dist,
-                        once=(pass_index or 1) == 1, reference_step=self._reference_step(cfg, pass_index))
+                        once=(pass_index or 1) == 1, reference_step=self._reference_step(cfg, pass_index),
+                        warmed=monitor.warmed_up)
                 if step is not None:
                     self._history.setdefault(self._line(cfg), []).append((cfg.batch_size, step))
                 row.update(status="ok", reason=None, **metrics)

@@ -86,7 +86,9 @@ def cuda_facts() -> dict:
         "gpu_sm_count": props.multi_processor_count,
         "driver": driver,
         "cudnn": torch.backends.cudnn.version(),
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        # The process default; the sweep records what its CUDA rows ran with as
+        # `cudnn_benchmark` (bench/runner.py: each row sets it for its own block).
+        "cudnn_benchmark_default": torch.backends.cudnn.benchmark,
         "tf32_matmul_default": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn_default": torch.backends.cudnn.allow_tf32,
         "bf16_supported": torch.cuda.is_bf16_supported(),

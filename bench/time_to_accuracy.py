@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bench.markdown import to_markdown
-from bench.targets import default_target
+from bench.targets import default_target, reachable
 
 KEYS = ["device_key", "device_kind", "model", "data", "batch_size", "precision", "channels_last", "compile",
         "data_path", "world_size", "target_accuracy", "epochs"]
@@ -210,4 +210,30 @@ def target_lines(table: pd.DataFrame) -> list[str]:
                 why = "given with --target-accuracy" + (f" (the default for {model} on {data} data is "
                                                         f"{default.accuracy:.0%})" if default else "")
             lines.append(f"{model}, {data}: {t:.0%}, {why}.")
+    return lines
+
+
+def choice_lines(df: pd.DataFrame) -> list[str]:
+    """Which batch sizes each device's time-to-accuracy runs used, and the faster batch sizes
+    of the grid they passed over with why (bench/targets.py `reachable`: too few steps within
+    the epoch bound for the target, at a learning rate capped from some batch size up)."""
+    runs = tta_rows(df)
+    if runs.empty:
+        return []
+    lines = []
+    keys = ["run_index", "device_key", "model", "data", "target_accuracy", "epochs"]
+    for (run, device, model, data, target, epochs), g in runs.groupby(keys, sort=True):
+        grid = df[(df["run_index"] == run) & (df["device_key"] == device) & (df["model"] == model)
+                  & (df["status"] == "ok") & (df["epochs"].fillna(0) == 0) & (df["data_path"] == "device")
+                  & pd.to_numeric(df["train_images_per_s"], errors="coerce").notna()]
+        used = sorted(int(b) for b in set(g["batch_size"]))
+        best = grid.groupby("batch_size")["train_images_per_s"].max()
+        slowest_used = min((best[b] for b in used if b in best.index), default=math.inf)
+        sizes = pd.to_numeric(g["train_size"], errors="coerce").dropna() if "train_size" in g else pd.Series([])
+        train = int(sizes.max()) if len(sizes) else 50_000
+        passed = [f"{int(b)} ({reachable(model, data, int(b), train, int(epochs), float(target))[1]})"
+                  for b, v in best.sort_values(ascending=False).items() if v > slowest_used and int(b) not in used]
+        text = (f"{device}, {model}: batch {', '.join(map(str, used))}: the fastest measured that can reach "
+                f"{float(target):.0%} within the {int(epochs)}-epoch bound")
+        lines.append(text + (f"; faster batch sizes left out: {'; '.join(passed)}" if passed else ""))
     return lines

@@ -166,6 +166,26 @@ class StepTimer:
         return "cuda_event" if self.cuda else "perf_counter"
 
 
+def mark_cost(device: torch.device | str, calls: int = 20_000, clock: Clock = time.perf_counter,
+              events: Callable[..., object] | None = None,
+              sync: Callable[[torch.device], None] | None = None) -> float:
+    """Seconds per StepTimer.mark(), the per-step instrumentation of every timed loop. The
+    timer is started first, as a timed block is (on CUDA `start()` creates the block's events
+    then, outside its steps), so only the marks are timed. `events`/`sync` as in StepTimer."""
+    device = torch.device(device)
+    sync = sync if sync is not None else synchronize
+    timer = StepTimer(device, calls, clock=clock, events=events, sync=sync)
+    timer.start()
+    sync(device)
+    t0 = clock()
+    for _ in range(calls):
+        timer.mark()
+    sync(device)
+    seconds = clock() - t0
+    timer.samples()
+    return seconds / calls
+
+
 class Stopwatch:
     """Wall time of a block, device work included: sync, clock, run, sync, clock."""
 

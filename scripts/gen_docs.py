@@ -38,12 +38,7 @@ def _sizes(n: int | None, full: int) -> str:
 
 def presets_table() -> str:
     """One row per preset of bench.config.PRESET_TABLE: what its sweep holds."""
-    import inspect
-
     from bench.config import PRESET_TABLE, SweepRequest, build_sweep
-    from bench.targets import plan_time_to_accuracy
-
-    fastest = inspect.signature(plan_time_to_accuracy).parameters["candidates"].default
 
     head = ("| preset | models | batch sizes: CPU / CUDA | precisions: CPU / CUDA | accuracy runs "
             "(epochs x seeds) | time to accuracy | DataLoader runs (fp32) | train / test images "
@@ -52,21 +47,27 @@ def presets_table() -> str:
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for name, p in PRESET_TABLE.items():
         models = _join(p.models)
-        limits = [f"{m} up to {bs}" for (kind, m), bs in p.model_batch_limit.items() if kind == "cpu"]
-        if limits:
-            models += f" (CPU: {_join(limits)})"
+        for kind, label in (("cpu", "CPU"), ("cuda", "CUDA")):
+            trims = [f"{m} up to {bs}" for (k, m), bs in p.model_batch_limit.items() if k == kind]
+            trims += [f"{m} at {_join(bs)}" for (k, m), bs in p.model_batch_sizes.items() if k == kind]
+            trims += [f"{m} in {_join(q)}" for (k, m), q in p.model_precisions.items() if k == kind]
+            if trims:
+                models += f" ({label}: {'; '.join(trims)})"
         accuracy = "none" if not p.accuracy_runs else \
             f"{_pairs(p.accuracy_runs)} ({p.accuracy_epochs} x {len(p.seeds)})"
+        fastest = f"{p.tta_candidates} fastest batch sizes" if p.tta_candidates > 1 else "fastest batch size"
         tta = "none" if not p.time_to_accuracy else \
-            f"{_join(p.time_to_accuracy)} at each device's {fastest} fastest batch sizes ({len(p.tta_seeds)} seeds, " \
-            f"at most {p.tta_epochs} epochs)"
+            f"{_join(p.time_to_accuracy)} at each device's {fastest} that can reach the target " \
+            f"({len(p.tta_seeds)} seeds, at most {p.tta_epochs} epochs)"
+        reference = "no" if not p.cpu_reference else \
+            ("fp32 accuracy runs and the CPU grid" if p.accuracy_runs else "the CPU grid")
         loader = _pairs(p.dataloader_runs) or "none"
         lines.append(
             f"| `{name}` | {models} | {_join(p.batch_sizes['cpu'])} / {_join(p.batch_sizes['cuda'])} "
             f"| {_join(p.precisions['cpu'])} / {_join(p.precisions['cuda'])} | {accuracy} | {tta} | {loader} "
             f"| {_sizes(p.train_size, 50_000)} / {_sizes(p.test_size, 10_000)} "
             f"| {p.budget['max_seconds']:g} s / {p.budget['max_config_seconds']:g} s | {p.passes} "
-            f"| {'yes' if p.cpu_reference and p.accuracy_runs else 'no'} "
+            f"| {reference} "
             f"| {len(build_sweep(SweepRequest(name, ('cpu',))))} / {len(build_sweep(SweepRequest(name, ('cuda',))))} |")
     return "\n".join(lines)
 

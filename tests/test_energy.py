@@ -485,3 +485,27 @@ def test_the_gpus_own_counter_measures_a_busy_window():
     assert energy.refusal(w) is None and w.seconds >= energy.MIN_WINDOW_S
     gpu = next(j for d, j in w.joules.items() if d.startswith("gpu")) / w.seconds
     assert 20 < gpu < 2000, f"{gpu:.0f} W"
+
+
+def test_a_pynvml_that_takes_no_str_uuid_falls_back_to_the_index(monkeypatch):
+    """Old pynvml releases pass a str UUID to ctypes.c_char_p, a TypeError, not NVML's error:
+    the handle then comes by index, as for a MIG slice, and never crashes the sweep."""
+    import torch
+
+    class Props:
+        uuid = "0badc0de-0000-0000-0000-000000000000"
+
+    class OldPynvml:
+        NVMLError = RuntimeError
+
+        @staticmethod
+        def nvmlDeviceGetHandleByUUID(uuid):  # noqa: N802
+            raise TypeError("bytes or integer address expected instead of str instance")
+
+        @staticmethod
+        def nvmlDeviceGetHandleByIndex(index):  # noqa: N802
+            return f"handle{index}"
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props())
+    monkeypatch.setattr(torch.cuda, "_get_nvml_device_index", lambda index: index + 1, raising=False)
+    assert nvml.handle_for(OldPynvml, 0) == "handle1"

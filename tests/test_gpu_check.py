@@ -56,11 +56,12 @@ def test_every_python_run_and_every_step_after_the_sweep_is_inside_a_stage():
 FAKE_PYTHON = """\
 #!/usr/bin/env bash
 # Stands in for python: answers each gpu-check stage at once, as told by FAKE_* variables.
+[[ -z ${FAKE_ARGS_LOG:-} ]] || echo "$*" >>"$FAKE_ARGS_LOG"
 case "$1 $2 $3" in
     "scripts/preflight.py"*) echo "${FAKE_PREFLIGHT:-machine: fake}"; exit "${FAKE_PREFLIGHT_RC:-0}" ;;
     "-m pytest"*) exit 0 ;;
     "-m bench run") for ((i = 1; i <= $#; i++)); do [[ ${!i} == --out ]] && { j=$((i + 1)); mkdir -p "${!j}"; }; done
-                    echo '{}' >"${!j}/results.jsonl"; exit 0 ;;
+                    echo '{}' >"${!j}/results.jsonl"; exit "${FAKE_SWEEP_RC:-0}" ;;
     "-m bench perf") exit 0 ;;
     "-m bench equivalence") echo "equivalence: fake verdict"; exit "${FAKE_EQUIVALENCE_RC:-0}" ;;
     "-m bench report") echo "# fake report" >"$4/report.md"; exit 0 ;;
@@ -105,6 +106,29 @@ def test_all_pairs_equivalent_or_inconclusive_passes(tmp_path):
     proc, out = run_with_fake_python(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Equivalence verdict: every pair equivalent or inconclusive." in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("files, data", [((), "synthetic"), (("test_batch",), "cifar10"),
+                                         (("cifar-10-batches-py/data_batch_1",), "cifar10")])
+def test_the_data_is_cifar10_when_the_folder_holds_it_else_synthetic_and_nothing_downloads(tmp_path, files, data):
+    data_dir = tmp_path / "data"
+    for f in files:
+        (data_dir / f).parent.mkdir(parents=True, exist_ok=True)
+        (data_dir / f).write_bytes(b"")
+    calls = tmp_path / "calls.txt"
+    proc, out = run_with_fake_python(tmp_path, GPU_CHECK_DATA_DIR=str(data_dir), FAKE_ARGS_LOG=str(calls))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = [line for line in calls.read_text().splitlines() if line.startswith(("-m bench run", "-m bench perf"))]
+    assert len(runs) == 2 and all(f"--data {data} --data-dir {data_dir}" in line for line in runs), runs
+    assert "--data auto" not in calls.read_text()
+
+
+def test_a_sweep_cut_at_its_limit_is_said_in_the_summary(tmp_path):
+    proc, out = run_with_fake_python(tmp_path, FAKE_SWEEP_RC="124")
+    assert proc.returncode == 1
+    summary = (out / "summary.md").read_text()
+    assert "The sweep stage did not finish (stopped at its time limit, exit 124): the not-run lines above" in summary
+    assert "Failed stages: sweep (stopped at its time limit, exit 124)" in summary
 
 
 def test_missing_modules_stop_the_run_first_and_say_how_to_bring_them(tmp_path):

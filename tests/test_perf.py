@@ -41,3 +41,53 @@ def test_an_interrupted_perf_keeps_the_batch_sizes_it_finished(tmp_path, monkeyp
 def test_bad_perf_values_are_one_line(bad, tmp_path, capsys):
     assert main(["perf", *bad, "--out", str(tmp_path)]) == 2
     assert "could not parse value" in capsys.readouterr().err
+
+
+def test_the_layout_budget_is_sized_for_the_two_variants_it_times(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(repeats=3, seconds=0.5)
+    assert bench.perf.perf_policy(args).max_seconds == pytest.approx(0.5 * 3 * len(bench.perf.VARIANTS))
+    assert bench.perf.perf_policy(args, 2).max_seconds == pytest.approx(0.5 * 3 * 2)  # each layout its own share
+
+
+def test_perf_measures_under_cudnn_benchmark_as_the_sweep_does(tmp_path, monkeypatch):
+    import contextlib
+
+    from bench.config import RunConfig
+
+    entered = []
+
+    @contextlib.contextmanager
+    def spy(device, on):
+        entered.append(on)
+        yield
+
+    real = bench.perf.measure_batch_size
+    monkeypatch.setattr(bench.perf, "cudnn_benchmark", spy)
+    monkeypatch.setattr(bench.perf, "measure_batch_size",
+                        lambda *a, **k: (entered.append("measured"), real(*a, **k))[1])
+    assert main([*ARGS, "--batch-sizes", "8", "--out", str(tmp_path)]) == 0
+    assert entered == [RunConfig.cudnn_benchmark, "measured"] and RunConfig.cudnn_benchmark is True
+
+
+def test_the_timer_cost_times_the_marks_not_the_creation_of_events():
+    from bench import timing
+
+    clock = [0.0]
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            clock[0] += 1.0  # creating an event: slow, and done by start(), outside the steps
+
+        def record(self):
+            clock[0] += 1e-6
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return 0.0
+
+    cost = timing.mark_cost("cuda", calls=100, clock=lambda: clock[0], events=Event, sync=lambda d: None)
+    assert cost == pytest.approx(1e-6)

@@ -263,3 +263,22 @@ def test_mfu_divides_by_the_higher_of_the_peak_probes(tmp_path):
     low = write_run(tmp_path / "low", {**LAPTOP, "peaks": [{**LAPTOP["peaks"][0], "tflops": 0.1}]}, [r])
     df, _, _ = load_runs([low])
     assert df["flags"].iloc[0].startswith("MFU 150.0% > 100%") and throughput(df).empty
+
+
+def test_the_summary_lists_what_a_cut_sweep_did_not_run(tmp_path):
+    """A sweep stopped at a stage limit: sweep.json planned more than the results hold, and
+    `cifar-bench summary` (gpu-check's last word) says so, as the report does."""
+    import json
+    from dataclasses import asdict
+
+    from runfolders import CPU_SYSTEM, acc_row, write_folder
+
+    from bench.config import RunConfig
+    from bench.report import summary_text
+
+    folder = write_folder(tmp_path / "run", [acc_row(0, None, epochs=0, train_images_per_s=8000.0)], CPU_SYSTEM)
+    planned = [RunConfig("cpu", "tutorial", 32, "fp32"), RunConfig("cpu", "resnet18", 64, "fp32")]
+    (folder / "sweep.json").write_text(json.dumps([asdict(c) for c in planned]))
+    text = summary_text([folder])
+    assert re.search(r"not run: \d of 2 configurations that run 1's sweep.json planned have no result", text)
+    assert "cpu resnet18 bs=64 fp32" in text

@@ -108,10 +108,12 @@ def pretend_a_gpu(monkeypatch):
     monkeypatch.setattr(bench.cli_run, "check_devices", lambda devices: None)
 
 
-def test_a_gpu_sweep_gets_cpu_reference_runs_unless_told_not_to(sweep, pretend_a_gpu):
+def test_a_gpu_sweep_gets_cpu_reference_runs_and_a_cpu_grid_unless_told_not_to(sweep, pretend_a_gpu):
     with_reference = sweep("--devices", "cuda", "--epochs", "1")
-    references = [c for c in with_reference if c.device == "cpu"]
+    references = [c for c in with_reference if c.device == "cpu" and c.epochs > 0]
     assert references and all(c.precision == "fp32" and c.epochs == 1 for c in references)
+    cpu_grid = {(c.model, c.batch_size, c.precision) for c in with_reference if c.device == "cpu" and c.epochs == 0}
+    assert cpu_grid == {(m, bs, "fp32") for m in ("tutorial", "resnet18") for bs in (4, 32)}  # the CUDA grid's pairs
     without = sweep("--devices", "cuda", "--epochs", "1", "--no-cpu-reference")
     assert {c.device for c in without} == {"cuda"}
     assert {c.key() for c in without} == {c.key() for c in with_reference if c.device == "cuda"}

@@ -150,6 +150,7 @@ def test_a_compiled_configuration_is_ok_and_reports_its_compile_time(tmp_path):
     assert row["status"] == "ok", row["reason"]
     assert row["warmup_steps"] >= 3 and row["compile_seconds"] > 0.5  # inductor generates and compiles C++
     assert row["compile_seconds"] == row["startup_seconds"]
+    assert row["compile_frames"] >= 1 and row["recompiles"] is not None  # Dynamo's own count, reset per configuration
 
 
 def test_time_to_accuracy_is_planned_from_the_grids_fastest_batch_sizes(tmp_path):
@@ -163,3 +164,142 @@ def test_time_to_accuracy_is_planned_from_the_grids_fastest_batch_sizes(tmp_path
     assert all(r["stop_at_target"] and r["target_accuracy"] == 0.01 and r["epochs_to_target"] == 1 for r in tta)
     sweep_json = json.loads((tmp_path / "run" / "sweep.json").read_text())
     assert len(sweep_json) == 4  # the planned runs join the sweep, so --resume finishes them too
+
+
+# ---- issue 21: what the GPU run's numbers mean ------------------------------------------------
+
+class WarmUpStub:
+    """CUDA allocator statistics on a CPU: cuDNN's autotuning during warm-up takes a 2 GiB
+    workspace for a moment; the steady steps peak at 1 GiB over the 180 MiB dataset."""
+
+    def __init__(self):
+        self.calls = []
+        self.warm = True
+
+    def reset_peak(self, d):
+        self.calls.append("reset")
+
+    def allocated(self, d):
+        return 180 * 2**20
+
+    def max_allocated(self, d):
+        resets = self.calls.count("reset")
+        return (180 + 1024) * 2**20 if resets >= 2 else (180 + 2048) * 2**20
+
+
+def test_the_cuda_memory_window_opens_after_warm_up():
+    stub = WarmUpStub()
+    mon = resources.ResourceMonitor("cuda", cuda=stub)
+    with mon:
+        mon.warmed_up()  # the training loop's warm-up (and cuDNN's autotuning in it) is over
+    assert stub.calls == ["reset", "reset"]
+    assert mon.peak_memory_mb == pytest.approx(1024)  # the workspace autotuning tried is not the configuration's
+    assert mon.peak_memory_total_mb == pytest.approx(1204)
+    cpu = resources.ResourceMonitor("cpu", cuda=WarmUpStub())
+    with cpu:
+        cpu.warmed_up()  # nothing changes on the CPU
+    assert cpu.cuda.calls == []
+
+
+def test_the_sweep_opens_the_memory_window_after_the_warm_up_before_the_first_timed_step(tmp_path, monkeypatch):
+    import cnn.train
+    from bench import measure
+
+    steps, at_warmed = [0], []
+    real_step = cnn.train.Trainer.step
+
+    def step(self, x, y):
+        steps[0] += 1
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(cnn.train.Trainer, "step", step)
+    monkeypatch.setattr(resources.ResourceMonitor, "warmed_up", lambda self: at_warmed.append(steps[0]))
+    seen = {}
+    real_time_training = measure.time_training
+
+    def time_training(*a, **kw):
+        row, s = real_time_training(*a, **kw)
+        seen.update(row)
+        return row, s
+
+    monkeypatch.setattr(measure, "time_training", time_training)
+    _, rows = sweep(tmp_path, [tiny(energy_window=False, profile_step=False)])
+    assert rows[0]["status"] == "ok"
+    assert at_warmed == [seen["warmup_steps"]]  # once, right after the warm-up's steps: no timed step before
+
+
+def test_a_follow_up_does_not_overwrite_the_machine_checks_taken_before_the_sweep(tmp_path, monkeypatch):
+    from bench import measure, stepcost
+    from bench.targets import plan_time_to_accuracy
+
+    drift = iter([100.0, 200.0, 300.0])
+    monkeypatch.setattr(measure, "drift_reference", lambda device, seconds: next(drift))
+    probes = []
+    real_probe = stepcost.probe_machine
+    monkeypatch.setattr(stepcost, "probe_machine", lambda store, devices, seconds=None: (
+        probes.append(list(devices)), real_probe(store, devices, 0.01)))
+    peaks = []
+    real_peak = bench.system.measure_peak_tflops
+    monkeypatch.setattr(bench.system, "measure_peak_tflops",
+                        lambda *a, **k: (peaks.append(a), real_peak(*a, **k))[1])
+    plan = lambda rows: plan_time_to_accuracy(rows, ("tutorial",), (0,), 2, candidates=1, target=0.01)  # noqa: E731
+    runner, rows = sweep(tmp_path, [tiny(batch_size=8)], followup=plan, drift_seconds=0.05)
+    assert any(r.get("stop_at_target") for r in rows)  # the follow-up ran
+    (d,) = json.loads((tmp_path / "run" / "system.json").read_text())["drift"]
+    assert d["before_images_per_s"] == 100.0 and d["after_images_per_s"] == 200.0  # before the grid, after all
+    assert probes == [["cpu"], ["cpu"]] and len(peaks) == 2  # once before, once after
+
+
+def test_system_json_says_what_cudnn_benchmark_the_cuda_rows_ran_with(tmp_path):
+    runner = Runner(tmp_path / "run", data_kind="synthetic", log=lambda m: None, progress=False)
+    assert "cudnn_benchmark" not in runner.system and "cudnn_benchmark" not in bench.system.cuda_facts()
+    runner.system["cuda_available"] = True  # as on a GPU machine, whose process default is off
+    runner._record_cudnn_benchmark([tiny(device="cuda"), tiny(device="cuda:0", batch_size=32), tiny()])
+    assert runner.system["cudnn_benchmark"] is True
+    runner._record_cudnn_benchmark([tiny(device="cuda"), tiny(device="cuda", cudnn_benchmark=False)])
+    assert runner.system["cudnn_benchmark"] == "mixed"
+
+
+def test_the_mfu_flag_names_both_causes_on_cuda():
+    from bench.measure import flags
+
+    (cuda,) = flags({"mfu": 1.3, "device": "cuda:0"})
+    assert "probed low" in cuda and "Winograd or FFT" in cuda and "fewer FLOPs" in cuda
+    (cpu,) = flags({"mfu": 1.3, "device": "cpu"})
+    assert "probed low" in cpu and "Winograd" not in cpu
+
+
+def test_a_configuration_without_its_energy_window_or_profiled_step_says_so(tmp_path):
+    _, rows = sweep(tmp_path, [tiny(energy_window=False, profile_step=False), tiny(batch_size=32)])
+    off, on = rows
+    assert off["status"] == on["status"] == "ok"
+    assert off["step_ops"] is None and on["step_ops"] > 0
+    assert "its preset measures energy on a subset" in off["energy_reason"]
+    assert "its preset measures energy on a subset" not in (on["energy_reason"] or "")
+
+
+def test_compile_scope_resets_dynamo_records_recompiles_and_refuses_an_eager_fallback(monkeypatch):
+    import torch._dynamo
+
+    from bench.measure import compile_scope
+    from cnn.train import Unsupported
+
+    resets = []
+    real_reset = torch._dynamo.reset
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: (resets.append(1), real_reset()))
+    with compile_scope(tiny()) as record:  # eager: nothing
+        pass
+    assert resets == [] and record.columns() == {}
+    f = torch.compile(lambda x: x * 2, backend="eager", dynamic=False)  # Dynamo alone, no code generation
+    with torch._dynamo.config.patch(recompile_limit=3):
+        with compile_scope(tiny(compile=True)) as record:
+            f(torch.ones(1))
+            record.warmed()
+            f(torch.ones(2))  # a new shape: a recompile after the warm-up
+        assert resets == [1] and record.columns() == {"compile_frames": 2, "recompiles": 1}
+        with pytest.raises(Unsupported, match="recompile limit .* refused"):
+            with compile_scope(tiny(compile=True)) as record:
+                for n in range(1, 6):
+                    f(torch.ones(n))  # the limit is hit: Dynamo would run the rest eager
+    assert len(resets) == 2  # each compiled configuration starts from a fresh Dynamo
+    assert not torch._dynamo.config.fail_on_recompile_limit_hit  # restored after the block

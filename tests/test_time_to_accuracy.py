@@ -112,3 +112,49 @@ def test_default_targets_are_fractions_with_a_basis():
     assert default_target("tutorial", "synthetic").accuracy == 0.60
     for (_model, data), t in DEFAULT_TARGETS.items():
         assert 0 < t.accuracy < 1 and t.basis and data in ("synthetic", "cifar10")
+
+
+# ---- which batch sizes time to accuracy runs at (issue 21) ------------------------------------
+
+def grid_row(bs, ips, device="cuda", train_size=50_000):
+    from dataclasses import asdict
+
+    from bench.config import RunConfig
+
+    cfg = RunConfig(device, "tutorial", bs, "fp32", train_size=train_size)
+    return {"status": "ok", "epochs": 0, "data_path": "device", "world_size": 1, "model": "tutorial", "device": device,
+            "batch_size": bs, "config": asdict(cfg), "data": "synthetic", "train_size": train_size,
+            "train_images_per_s": ips}
+
+
+def test_a_batch_size_is_a_candidate_only_when_its_epoch_bound_holds_the_steps_the_target_takes():
+    from bench.targets import REACH_MARGIN, STEPS_TO_TARGET, reachable, steps_within
+
+    need = STEPS_TO_TARGET[("tutorial", "synthetic")].steps
+    assert steps_within(2048, 50_000, 4) == 96 and steps_within(1024, 50_000, 4) == 192  # the review's figures
+    assert not reachable("tutorial", "synthetic", 2048, 50_000, 4)[0]
+    ok, why = reachable("tutorial", "synthetic", 512, 50_000, 4)
+    assert ok and f"388 steps in 4 epochs >= {REACH_MARGIN * need:g}" in why
+    assert reachable("tutorial-w4", "synthetic", 1024, 50_000, 4)[0] is False  # the family's recipe
+    assert reachable("tutorial", "synthetic", 2048, 50_000, 4, target=0.3)[0]  # another target: not judged
+    assert reachable("resnet18", "synthetic", 2048, 50_000, 4)[0]  # not measured: not judged
+
+
+def test_time_to_accuracy_on_a_gpu_passes_over_batch_sizes_that_cannot_reach_the_target():
+    from bench.targets import plan_time_to_accuracy
+
+    rows = [grid_row(bs, ips) for bs, ips in [(2048, 900_000), (1024, 800_000), (512, 500_000), (128, 150_000)]]
+    plans = plan_time_to_accuracy(rows, ("tutorial",), (0, 1), 4)
+    assert sorted({c.batch_size for c in plans}) == [128, 512]  # not the two fastest: 96 and 192 steps
+    assert all(c.epochs == 4 and c.stop_at_target and c.target_accuracy == 0.60 for c in plans)
+
+
+def test_the_report_says_which_batch_sizes_and_why_the_faster_ones_were_left_out(tmp_path):
+    rows = [acc_row(0, None, "fp32", device="cuda", batch_size=bs, epochs=0, train_images_per_s=ips)
+            for bs, ips in [(2048, 900_000.0), (512, 500_000.0), (128, 150_000.0)]]
+    rows += [tta_row(s, 512, "fp32", 1.0, 1, 500_000, device="cuda", train_size=50_000) for s in (0, 1)]
+    folder = write_folder(tmp_path / "server", rows, GPU_SYSTEM)
+    text = write_report([folder], tmp_path / "report").read_text()
+    section = text.split("## Time to accuracy")[1].split("\n## ")[0]
+    assert "- Batch sizes: cuda · NVIDIA H100, tutorial: batch 512: the fastest measured that can reach 60% within " \
+           "the 4-epoch bound; faster batch sizes left out: 2048 (96 steps in 4 epochs < 294" in section
