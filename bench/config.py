@@ -351,7 +351,7 @@ PRESET_TABLE: dict[str, Preset] = {
 # 16 CUDA: 4 precisions x 4 seeds) + 78 grid passes 73 s (39 configurations x 2 passes, warm-up
 # repeated per pass; 7 energy windows and 22 profiled steps in the first pass) + 4
 # time-to-accuracy runs at their 3-epoch bound 5 s = 126 s, a third of 190 s spare; with every
-# extra pass the runner may add (25% of the grid's passes) 144 s. tests/test_plan.py holds both.
+# extra pass the runner may add (10% of the grid's passes) 133 s. tests/test_plan.py holds both.
 GPU_CHECK_SIZING = {
     "basis": "the gpu-check preset's sizing for an H200 and a 16-core host (bench/config.py GPU_CHECK_SIZING)",
     "limit_s": 190.0,

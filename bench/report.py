@@ -64,14 +64,19 @@ def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> list[
                 small = s["common"][0]
                 text += f"At batch {small}: {s['ratio_by_bs'][small]:.2f}x."
         else:
-            sub = tp[tp["model"] == model]
+            sub = tp[tp["model"] == model] if not tp.empty else tp
             if sub.empty:
-                lines.append(head + "no successful measurements.")
-                continue
-            best = sub.loc[sub["images_per_s"].idxmax()]
-            text = (f"best {fmt_ips(best['images_per_s'])} on {best['device_key']} at batch "
-                    f"{best['batch_size']} {best['precision']} (no GPU/CPU pair in these runs: add a CUDA run "
-                    "folder to the report for the speedup).")
+                measured_acc = eq is not None and not eq.empty and (eq["model"] == model).any()
+                text = ("no throughput measured (accuracy runs only: the throughput grid measures speed)."
+                        if measured_acc else "no successful measurements.")
+                if not measured_acc:
+                    lines.append(head + text)
+                    continue
+            else:
+                best = sub.loc[sub["images_per_s"].idxmax()]
+                text = (f"best {fmt_ips(best['images_per_s'])} on {best['device_key']} at batch "
+                        f"{best['batch_size']} {best['precision']} (no GPU/CPU pair in these runs: add a CUDA run "
+                        "folder to the report for the speedup).")
         for kind, name in (("cpu", "CPU"), ("cuda", "GPU")):
             gain = amp_gain(tp, kind, model)
             if gain:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -156,10 +158,27 @@ def saved_storages(exclude: set[int]) -> Iterator[dict[int, int]]:
         yield seen
 
 
+@contextlib.contextmanager
+def native_stderr_quiet() -> Iterator[None]:
+    """The process's stderr (file descriptor 2) sent to /dev/null inside the block: kineto,
+    the profiler's C++ core, prints a line at every profiler start and stop (and an error line
+    on a CUDA build without a GPU) that no setting turns off, one pair per configuration of a
+    sweep. Python exceptions still propagate and are printed after the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def step_operators(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict[str, list[str]]:
     """Leaf aten operators of one step of `trainer` on (x, y), by phase (count_ops)."""
     timing.synchronize(trainer.device)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with native_stderr_quiet(), profile(activities=[ProfilerActivity.CPU]) as prof:
         trainer.step(x, y)
         timing.synchronize(trainer.device)
     return count_ops(prof.events())

@@ -36,7 +36,7 @@ def test_the_text_follows_the_constants_of_the_method(monkeypatch):
     monkeypatch.setattr(passes, "EXTRA_PASS_SPREAD", 0.25)
     after = text(rows)
     assert "within 20%" in after and "80% of the time" in after and "more than 25%" in after
-    assert "within 10%" not in after
+    assert "agree within 10%" not in after
 
 
 def test_the_text_follows_the_rows():
