@@ -67,7 +67,7 @@ def against_highest_peak(frame: pd.DataFrame, system: dict) -> None:
     frame["mfu"] = frame["mfu"] / factor
     texts = []
     for mfu, text, device in zip(frame["mfu"], frame["flags"], frame["device"]):
-        parts = [f for f in str(text or "").split("; ") if f and not f.startswith("MFU ")]
+        parts = [f for f in (text if isinstance(text, str) else "").split("; ") if f and not f.startswith("MFU ")]
         if mfu == mfu and mfu is not None and mfu > 1:
             parts.insert(0, mfu_flag(mfu, device))
         texts.append("; ".join(parts) or None)

@@ -70,3 +70,16 @@ def test_quick_preset_end_to_end(tmp_path, capsys):
     assert (frame["data"] == "synthetic").all()
     printed = capsys.readouterr().out
     assert "| device" in printed and "configurations run" in printed
+
+
+def test_a_reader_that_leaves_the_pipe_is_not_an_error(tmp_path):
+    import subprocess
+    import sys
+
+    # `cifar-bench run --help | head -1`: the command's output outlives its reader
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, -13) and "Traceback" not in err

@@ -282,3 +282,13 @@ def test_the_summary_lists_what_a_cut_sweep_did_not_run(tmp_path):
     text = summary_text([folder])
     assert re.search(r"not run: \d of 2 configurations that run 1's sweep.json planned have no result", text)
     assert "cpu resnet18 bs=64 fp32" in text
+
+
+def test_rows_without_flags_stay_without_flags(tmp_path):
+    system = {**LAPTOP, "peaks": [{**LAPTOP["peaks"][0], "tflops": 0.1, "tflops_after": 0.2}]}
+    folder = write_run(tmp_path / "run", system, [row("laptop", "cpu", "Laptop CPU", "tutorial", 32, "fp32", 8000)])
+    from bench.frames import load_runs
+    df, _, _ = load_runs([folder])
+    assert df["flags"].isna().all()  # a missing flag is no flag, never the text "nan"
+    text = write_report([folder], tmp_path / "r").read_text()
+    assert "measurement problem" not in text.split("## Warnings")[1]
