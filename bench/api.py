@@ -156,10 +156,8 @@ def run(preset: str | None = None, devices: str | Sequence[str] = "cpu", *, mode
     (seeds=10, max_seconds=1.0, channels_last=False, data_dir="~/datasets", ...).
     Interrupting (Ctrl-C, or the notebook's stop button) keeps what finished: continue with
     the same call and resume=True."""
-    from bench.cli_run import grid_given, time_to_accuracy_plan
-    from bench.config import PRESET_TABLE
+    from bench.cli_run import followup_for, runner_for
     from bench.runfolder import RunFolderError
-    from bench.runner import Runner
     from cnn.data import DataError
 
     launch = [k for k in LAUNCH_OPTIONS if options.get(k) is not None]
@@ -175,12 +173,10 @@ def run(preset: str | None = None, devices: str | Sequence[str] = "cpu", *, mode
         raise BenchError(str(e)) from None
     print(f"cifar-bench: {len(configs)} configurations -> {out}", flush=True)
     log = _Progress(progress)
-    runner = Runner(out, data_kind=args.data, data_dir=args.data_dir, log=log, progress=False,
-                    probe_seconds=PRESET_TABLE[args.preset or "standard"].probe_seconds)
+    runner = runner_for(args, out, log, False)
     started = time.perf_counter()
     try:
-        followup = None if from_file and args.preset is None else time_to_accuracy_plan(args, grid_given(args))
-        rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all, followup=followup)
+        rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all, followup=followup_for(args, from_file))
     except (RunFolderError, DataError) as e:
         raise BenchError(str(e)) from None
     except KeyboardInterrupt:

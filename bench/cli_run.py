@@ -147,10 +147,8 @@ def plan_sweep(args: argparse.Namespace, world: int = 1, check: bool = True) -> 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import distributed
-    from bench.config import PRESET_TABLE
     from bench.results import to_frame
     from bench.runfolder import RunFolderError, check_run_folder
-    from bench.runner import Runner
     from cnn.data import DataError
 
     if args.plan:
@@ -174,14 +172,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         basis = "measured" if all(v.source == "measured" for v in estimate.visits) else "assumed"
         print(f"cifar-bench: estimated {estimate.total():.0f} s ({basis} step times; `--plan` shows the "
               "arithmetic)", flush=True)
-    runner = Runner(out, data_kind=args.data, data_dir=args.data_dir,
-                    log=lambda m: print(m, flush=True), progress=False if args.no_progress else None,
-                    probe_seconds=PRESET_TABLE[args.preset or "standard"].probe_seconds)
+    runner = runner_for(args, out, lambda m: print(m, flush=True), False if args.no_progress else None)
     started = time.perf_counter()
     try:
-        # a plain --resume runs what sweep.json holds; --resume --preset NAME plans the preset's follow-ups too
-        followup = None if from_file and args.preset is None else time_to_accuracy_plan(args, grid_given(args))
-        rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all, followup=followup)
+        rows = runner.run(configs, resume=args.resume, retry_all=args.retry_all, followup=followup_for(args, from_file))
     except (RunFolderError, DataError) as e:
         raise UsageError(str(e)) from None
     except KeyboardInterrupt:
@@ -228,6 +222,21 @@ def print_plan(args: argparse.Namespace) -> int:
           f"{plan_data(args)}); nothing is run")
     print(plan.render(sweep_plan(args, configs, out, from_file)), end="")
     return 0
+
+
+def runner_for(args: argparse.Namespace, out: Path, log, progress: bool | None):
+    """The Runner of `cifar-bench run`'s flags (the command and the Python API)."""
+    from bench.config import PRESET_TABLE
+    from bench.runner import Runner
+
+    return Runner(out, data_kind=args.data, data_dir=args.data_dir, log=log, progress=progress,
+                  probe_seconds=PRESET_TABLE[args.preset or "standard"].probe_seconds)
+
+
+def followup_for(args: argparse.Namespace, from_file: bool):
+    """The runs planned after the grid: a plain --resume runs what sweep.json holds; --resume
+    --preset NAME plans the preset's follow-ups too."""
+    return None if from_file and args.preset is None else time_to_accuracy_plan(args, grid_given(args))
 
 
 def time_to_accuracy_plan(args: argparse.Namespace, by_hand: bool):
