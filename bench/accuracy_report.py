@@ -65,5 +65,6 @@ def section(eq: pd.DataFrame, margin_pp: float, alpha: float, systems: Sequence[
     for r in eq.itertuples():
         machine = _machine(r, systems)
         parts.append(f"- {r.model} bs {r.batch_size}, {r.candidate} vs {r.reference}: **{r.verdict}**: {r.reason}"
-                     + (f" Arithmetic of the machine: {machine}." if machine else ""))
+                     + (f"{'' if str(r.reason).rstrip().endswith('.') else '.'} Arithmetic of the machine: "
+                        f"{machine}." if machine else ""))
     return parts + [""]

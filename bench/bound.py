@@ -191,6 +191,7 @@ def self_check(df: pd.DataFrame, systems: list[dict], device_kind: str = "cpu") 
     if df.empty or "step_ops" not in df:
         return pd.DataFrame()
     ok = df[(df["status"] == "ok") & (df["device_kind"] == device_kind) & (df["world_size"] == 1)
+            & (df["data_path"] == "device") & (df["epochs"].fillna(0) == 0)
             & (~df["compile"].fillna(False).astype(bool))].dropna(subset=["step_ops", "step_min_bytes",
                                                                           "flops_per_image", "train_images_per_s"])
     out = []

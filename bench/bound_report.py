@@ -148,7 +148,8 @@ def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, systems: list[dict], gpu: 
                 text += f", below 1 (cannot pay off) at batch {', '.join(str(b) for b in below['batch_size'])}"
             parts.append(text)
         lines.append(f"**GPU speedup bound** ({gpu.name}, eager, from this CPU's measurements and the datasheet): "
-                     + "; ".join(parts) + ".")
+                     + "; ".join(parts) + ". A ceiling, not a forecast: a real GPU step also pays CUDA launches, "
+                     "synchronisation and kernels below peak, which the bound leaves out; measure to know.")
     elif not bt.empty:
         lines.append(f"**GPU speedup bound** ({gpu.name}): not available: {bt['reason'].dropna().iloc[0]}.")
     lines += self_check_lines(bound.self_check(df, systems, "cpu"), "cpu")

@@ -32,6 +32,11 @@ SATURATION = 0.9  # "saturated": within 10% of the best FLOP/s the device reache
 # Shaping: one row per device, model and batch size (the device's best precision)
 # --------------------------------------------------------------------------------------
 
+def _about(x: float) -> str:
+    """Two significant figures, without scientific notation (110, not 1.1e+02)."""
+    return f"{float(f'{x:.2g}'):,.0f}" if x >= 100 else f"{x:.2g}"
+
+
 def map_frame(df: pd.DataFrame, tp: pd.DataFrame) -> pd.DataFrame:
     """Best throughput per (device_key, model, batch size) with its FLOPs per image (as
     stored in the rows), achieved TFLOP/s and MFU. `tp` is bench.frames.throughput(df)."""
@@ -158,7 +163,7 @@ def saturation_sentence(mf: pd.DataFrame, device_key: str) -> str:
     mfu = f", MFU {top['mfu']:.0%}" if pd.notna(top["mfu"]) else ""
     return (f"**Saturation** ({device_key}): best {top['achieved_tflops'] * 1e3:,.0f} GFLOP/s{mfu} "
             f"({top['model']}, batch {top['batch_size']}, {top['precision']}); within {1 - SATURATION:.0%} of it "
-            f"from about {first['flops_per_step'] / 1e9:.2g} GFLOP per step ({first['model']} at batch "
+            f"from about {_about(first['flops_per_step'] / 1e9)} GFLOP per step ({first['model']} at batch "
             f"{first['batch_size']}, {mflop(first['flops_per_image'])} MFLOP per image). Below that the "
             "steps are too small to keep it busy.")
 

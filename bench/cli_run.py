@@ -166,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return launch_torchrun(args, out)
     if topo is not None:
         return _run_worker(args, topo, configs, out)
-    print(f"cifar-bench: {len(configs)} configurations -> {out}", flush=True)
+    print(f"cifar-bench: {plural(len(configs), 'configuration')}, {visits_text(configs)} -> {out}", flush=True)
     estimate = sweep_plan(args, configs, out, from_file)
     if estimate.total() is not None:
         basis = "measured" if all(v.source == "measured" for v in estimate.visits) else "assumed"
@@ -252,12 +252,27 @@ def time_to_accuracy_plan(args: argparse.Namespace, by_hand: bool):
                                               candidates=preset.tta_candidates, target=args.target_accuracy)
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def visits_text(configs: list) -> str:
+    """How many visits a sweep plans: every throughput configuration once per pass, the
+    accuracy runs once (time-to-accuracy runs come after, planned from the grid)."""
+    from bench.passes import is_grid
+
+    grid = [c for c in configs if is_grid(c)]
+    passes = max((c.passes for c in grid), default=1)
+    visits = sum(c.passes for c in grid) + len(configs) - len(grid)
+    return f"{plural(visits, 'visit')}" + (f" (the throughput grid in {passes} passes)" if passes > 1 else "")
+
+
 def _finish(rows: list[dict], where: str) -> int:
     """The sweep's last line, and its exit status: 1 when a configuration failed (the
     harness or the machine, not a result: everything else was saved; --resume runs it again)."""
     n_ok = sum(r.get("status") == "ok" for r in rows)
     failed = [r for r in rows if r.get("status") == "failed"]
-    print(f"cifar-bench: {len(rows)} configurations run ({n_ok} ok) {where}")
+    print(f"cifar-bench: {plural(len(rows), 'configuration')} run ({n_ok} ok) {where}")
     if failed:
         print(f"cifar-bench: error: {len(failed)} configuration(s) failed (see errors.log); the other results are "
               "saved, and `--resume` runs the failed ones again", file=sys.stderr)
@@ -311,8 +326,9 @@ def _run_worker(args: argparse.Namespace, topo, configs: list, out: Path) -> int
 def results_table(frame) -> str:
     if frame.empty:
         return "(no results)"
-    cols = ["device", "model", "batch_size", "precision", "seed", "status", "train_images_per_s",
-            "step_ms_median", "step_ms_iqr", "eval_images_per_s", "test_accuracy", "mfu", "peak_memory_mb"]
+    # MFU is the report's: it divides by the higher of the peak probes before and after the sweep
+    cols = ["device", "model", "batch_size", "precision", "seed", "epochs", "status", "train_images_per_s",
+            "train_images_per_s_low", "train_images_per_s_high", "epoch_seconds", "test_accuracy", "peak_memory_mb"]
     if (frame["world_size"].fillna(1) > 1).any():
         cols[cols.index("status"):cols.index("status")] = ["world_size", "backend"]
     from bench.results import markdown_table

@@ -231,7 +231,8 @@ def amp_gain(tp: pd.DataFrame, kind: str, model: str) -> str | None:
         if p in best:
             spread = ratio_spread(best[p], best["fp32"])
             parts.append(f"{p} {ratio(best[p], best['fp32']):.2f}x"
-                         + (f" ({spread[0]:.2f}-{spread[1]:.2f} over {spread[2]} passes)" if spread else ""))
+                         + (f" (per-pass range {spread[0]:.2f}-{spread[1]:.2f} over {spread[2]} passes)"
+                            if spread else ""))
     return ", ".join(parts) if parts else None
 
 

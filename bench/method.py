@@ -123,6 +123,7 @@ def figure_lines() -> list[str]:
         f"stability figures; IQR/median > {NOISY_IQR_RATIO:.0%} is flagged noisy. *of ceiling* = throughput / ceiling "
         f"throughput: what the input path and loop cost; above {CEILING_FLAG} it is a measurement problem.",
         "- A row with a measurement problem (of ceiling above "
-        f"{CEILING_FLAG}, MFU above 100%) leaves the figures' lines and every headline whole: it is drawn hollow and "
+        f"{CEILING_FLAG}, MFU above 100%) is left out of the figures' lines and every headline entirely: it is drawn "
+        "as a hollow point and "
         "listed with its reason under Warnings.",
     ]

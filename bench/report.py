@@ -29,7 +29,7 @@ from bench.frames import (
     throughput,
 )
 from bench.markdown import to_markdown
-from bench.report_warnings import not_run_lines, warnings_lines
+from bench.report_warnings import not_run_lines, reliability_line, warnings_lines
 from bench.results import markdown_table
 from bench.time_to_accuracy import choice_lines, headline_cell, target_lines, tta_markdown, tta_table
 from bench.time_to_accuracy import headline as tta_headline
@@ -74,7 +74,7 @@ def summary_lines(df: pd.DataFrame, tp: pd.DataFrame, eq: pd.DataFrame) -> list[
                     continue
             else:
                 best = sub.loc[sub["images_per_s"].idxmax()]
-                text = (f"best {fmt_ips(best['images_per_s'])} on {best['device_key']} at batch "
+                text = (f"Best {fmt_ips(best['images_per_s'])} on {best['device_key']} at batch "
                         f"{best['batch_size']} {best['precision']} (no GPU/CPU pair in these runs: add a CUDA run "
                         "folder to the report for the speedup).")
         for kind, name in (("cpu", "CPU"), ("cuda", "GPU")):
@@ -159,7 +159,7 @@ def system_markdown(systems: list[dict]) -> str:
     if peaks:
         text += ("\n\nMeasured peaks (a square matmul in the run's compute dtype, sized to the machine; the peak is "
                  "the fastest of the repeats, probed before the first configuration and again after the last; MFU "
-                 "divides by the first, not by datasheet numbers):\n\n"
+                 "divides by the higher of the two, not by datasheet numbers):\n\n"
                  + to_markdown(pd.DataFrame(peaks), floatfmt=".4g"))
     drift = [{"run": i + 1, **d} for i, s in enumerate(systems) for d in s.get("drift", [])]
     if drift:
@@ -238,6 +238,9 @@ def summary_text(run_dirs: Sequence[Path | str], margin_pp: float = 1.0, warn=No
     eq = equivalence_table(run_dirs, margin_pp, alpha, warn=warn)
     lead = accuracy_report.lead_lines(eq, systems)
     text = "".join(f"{line.replace('**', '')}\n\n" for line in lead) + to_markdown(headline(df, tp, eq))
+    reliability = reliability_line(df, systems)
+    if reliability:
+        text += "\n\n" + reliability.replace("**", "")
     tta = tta_table(df)
     for model in models_in(df):
         s = speedups(tp, model)
@@ -277,7 +280,8 @@ def write_report(run_dirs: Sequence[Path | str], out: Path | str | None = None, 
         *_title(run_dirs, df),
         "## Summary", "",
         *[f"- {line}" for line in accuracy_report.lead_lines(eq, systems) + breakeven.summary_lines(df, tp)
-          + summary_lines(df, tp, eq) + bound_report.summary_lines(df, tp, systems, gpu, gpus)[:1]],
+          + summary_lines(df, tp, eq) + bound_report.summary_lines(df, tp, systems, gpu, gpus)[:1]
+          + [x for x in [reliability_line(df, systems)] if x]],
         "", to_markdown(headline(df, tp, eq)), "",
         *breakeven.report_section(df, tp, out, overlay=gpu_bound.overlay),
         *gpu_bound.lines(),

@@ -74,6 +74,38 @@ def warnings_lines(df: pd.DataFrame, systems: Sequence[dict] = ()) -> list[str]:
     return lines
 
 
+def reliability_line(df: pd.DataFrame, systems: Sequence[dict] = ()) -> str | None:
+    """One sentence for the summary: how far a throughput figure of these runs holds (its
+    interval, passes that disagreed) and whether the machine moved during them."""
+    epochs = df["epochs"].fillna(0) if "epochs" in df else 0
+    grid = df[(df["status"] == "ok") & (epochs == 0) & df["train_images_per_s"].notna()]
+    if grid.empty:
+        return None
+    with_iv = grid.dropna(subset=["train_images_per_s_low", "train_images_per_s_high"])
+    if with_iv.empty:
+        text = ("**How far these numbers hold**: the rows state no interval (one pass, or measured before passes): "
+                "how much a repeat run would differ is not known from these runs")
+    else:
+        half = ((with_iv["train_images_per_s_high"] - with_iv["train_images_per_s_low"])
+                / (2 * with_iv["train_images_per_s"])).median()
+        spread = grid["pass_spread"].dropna() if "pass_spread" in grid else pd.Series(dtype=float)
+        text = (f"**How far these numbers hold**: a repeat run of a throughput row should land within its interval "
+                f"(90% of the time); the median interval here is +-{half:.0%} of the value")
+        if not spread.empty:
+            text += (f", and the passes of {int((spread > passes.EXTRA_PASS_SPREAD).sum())} of {len(spread)} rows "
+                     f"disagreed by more than {passes.EXTRA_PASS_SPREAD:.0%}")
+    moved = []
+    for s in systems:
+        for d in s.get("drift") or []:
+            if d.get("change") is not None and abs(d["change"]) > DRIFT_WARN:
+                moved.append(f"its drift reference {d['change']:+.0%}")
+        moved += [f"the {p['precision']} matmul peak {p['change']:+.0%}" for p in s.get("peaks") or []
+                  if p.get("change") is not None and abs(p["change"]) > DRIFT_WARN]
+    if moved:
+        text += f"; the machine moved during the sweep ({', '.join(moved)} from start to end)"
+    return text + ". Read smaller differences between rows as noise (Warnings, Methodology)."
+
+
 def not_run_lines(systems: Sequence[dict]) -> list[str]:
     """What a run folder's sweep.json planned that its results lack (a sweep cut short by a
     stage limit, Ctrl-C or a crash): configurations without a row, and passes not measured."""

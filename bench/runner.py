@@ -268,7 +268,7 @@ class Runner:
                 entries = self._rows[cfg.key()].get("pass_results") or []
                 estimate = statistics.median([e.get("visit_seconds") or 0.0 for e in entries] or [0.0])
                 if spent + estimate > allowance:
-                    self.log(f"extra passes stop: their time allowance ({allowance:.0f} s, "
+                    self.log(f"extra passes stop: their time allowance ({allowance:.1f} s, "
                              f"{passes.EXTRA_TIME_SHARE:.0%} of the planned passes) is spent")
                     return rows
                 started = timing.now()
@@ -451,7 +451,7 @@ def summary_line(row: dict, pass_index: int | None = None) -> str:
         values = [e["train_images_per_s"] for e in row.get("pass_results") or []
                   if e.get("status") == "ok" and e.get("train_images_per_s")]
         if len(values) > 1:
-            text += f"; passes {' / '.join(f'{v:,.0f}' for v in values)}"
+            text += f" (median of passes {' / '.join(f'{v:,.0f}' for v in values)})"
     if row.get("comm_share") is not None:
         text += f", global; comm share ~{100 * row['comm_share']:.0f}%"
     if row.get("test_accuracy") is not None:
