@@ -54,13 +54,20 @@ class _Parser(argparse.ArgumentParser):
 # ---- the parser -------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cifar-bench", description="CPU-versus-GPU training benchmark on CIFAR-10.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    _add_readers(sub)
+    _add_perf(sub)
+    return parser
+
+
+def _add_run(sub) -> None:
+    """`cifar-bench run` and its flags."""
     from bench.config import DATA_PATHS, PRESETS
     from cnn.data import DATA_KINDS
     from cnn.models import model_names
     from cnn.train import PRECISIONS
-
-    parser = _Parser(prog="cifar-bench", description="CPU-versus-GPU training benchmark on CIFAR-10.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     # No abbreviations: the launcher removes its own flags from the command line by name.
     run = sub.add_parser("run", help="run a sweep and record results", allow_abbrev=False,
@@ -132,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--dist-timeout", type=positive_float, default=600.0,
                        help="seconds any process waits for the others before the job fails (instead of hanging)")
 
+
+def _add_readers(sub) -> None:
+    """The commands that read run folders: report, summary, equivalence, compare."""
     margin_help = "equivalence margin, percentage points"
     alpha_help = "significance level of each pair's tests (the TOST interval is 1 - 2 alpha)"
     report = sub.add_parser("report", help="write report.md and figures from stored results")
@@ -186,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="exit 1 when a configuration is significantly slower by more than PCT percent "
                            "(like --benchmark-compare-fail; off by default)")
 
+
+def _add_perf(sub) -> None:
+    """`cifar-bench perf`."""
+    from cnn.data import DATA_KINDS
+    from cnn.train import PRECISIONS
+
     perf = sub.add_parser("perf", help="the loop against its compute ceiling and the classic DataLoader",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     perf.add_argument("--device", type=device_item, default="cpu")
@@ -203,7 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--layout", action="store_true",
                       help="also compare channels_last with the default layout, per model, on this device")
     perf.add_argument("--out", type=Path, default=Path("reports/performance"))
-    return parser
 
 
 # ---- commands ---------------------------------------------------------------------------
