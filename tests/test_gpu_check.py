@@ -203,9 +203,13 @@ def test_gpu_check_dry_run_produces_its_outputs(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == ["gpu-check.log", "report.md", "run.tar.gz", "summary.md"]  # the device returns <= 8
-    tail = proc.stdout.strip().splitlines()
-    assert any(line.startswith("== gpu-check summary (cpu") for line in tail[-12:])
-    assert "| tutorial" in proc.stdout.split("== gpu-check summary")[1]
+    # the summary is printed last: its header, then summary.md and nothing after it
+    head, _, last = proc.stdout.rpartition("\n== gpu-check summary (cpu, ")
+    assert head, proc.stdout[-3000:]
+    summary = (out / "summary.md").read_text()
+    assert re.fullmatch(r"\d+ s\) ==\n", last[: -len(summary)]), last[:200]
+    assert last.endswith(summary)
+    assert "| tutorial" in summary and len(summary.splitlines()) <= 30  # short
     with tarfile.open(out / "run.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"run/results.jsonl", "run/results.csv", "run/system.json", "run/report.md",
