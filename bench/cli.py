@@ -62,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to a flag's help where the help does not already say its
+    default, and only for a real default (not None, not a switch's False); tuples print
+    as the comma list one would type."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("(default" in text or "%(default)" in text or default is None or default is False
+                or default is argparse.SUPPRESS or not action.option_strings):
+            return text
+        if isinstance(default, (tuple, list)):
+            default = ",".join(str(v) for v in default)
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
 def _add_run(sub) -> None:
     """`cifar-bench run` and its flags."""
     from bench.config import DATA_PATHS, PRESETS
@@ -71,7 +87,7 @@ def _add_run(sub) -> None:
 
     # No abbreviations: the launcher removes its own flags from the command line by name.
     run = sub.add_parser("run", help="run a sweep and record results", allow_abbrev=False,
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         formatter_class=DefaultsHelpFormatter,
                          description="Run a sweep of configurations (device x model x batch size x "
                                      "precision) and write results.jsonl, results.csv and system.json.")
     run.add_argument("--preset", choices=PRESETS, default=None, help="sweep size (default: standard)")
@@ -203,22 +219,23 @@ def _add_perf(sub) -> None:
     from cnn.train import PRECISIONS
 
     perf = sub.add_parser("perf", help="the loop against its compute ceiling and the classic DataLoader",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    perf.add_argument("--device", type=device_item, default="cpu")
-    perf.add_argument("--models", type=model_list, default=("tutorial",))
+                          formatter_class=DefaultsHelpFormatter)
+    perf.add_argument("--device", type=device_item, default="cpu", help="cpu, cuda or cuda:N")
+    perf.add_argument("--models", type=model_list, default=("tutorial",), help="comma-separated model names")
     perf.add_argument("--batch-sizes", type=comma_list(positive_int, "positive integers"),
-                      default=(4, 32, 128, 512))
-    perf.add_argument("--precision", choices=PRECISIONS, default="fp32")
+                      default=(4, 32, 128, 512), help="comma-separated")
+    perf.add_argument("--precision", choices=PRECISIONS, default="fp32", help="one precision")
     perf.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds per variant")
     perf.add_argument("--seconds", type=positive_float, default=1.0, help="timed seconds per measurement")
     perf.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader workers")
-    perf.add_argument("--data", choices=DATA_KINDS, default="auto")
-    perf.add_argument("--data-dir", type=Path, default=Path("data"))
+    perf.add_argument("--data", choices=DATA_KINDS, default="auto",
+                      help="cifar10, synthetic, or auto (real if available)")
+    perf.add_argument("--data-dir", type=Path, default=Path("data"), help="where CIFAR-10 is or goes")
     perf.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                       help="memory format of the measured loop; auto uses the harness's default")
     perf.add_argument("--layout", action="store_true",
                       help="also compare channels_last with the default layout, per model, on this device")
-    perf.add_argument("--out", type=Path, default=Path("reports/performance"))
+    perf.add_argument("--out", type=Path, default=Path("reports/performance"), help="output folder")
 
 
 # ---- commands ---------------------------------------------------------------------------

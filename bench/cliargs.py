@@ -20,7 +20,7 @@ class UsageError(Exception):
 # ---- value parsers (argparse `type=`) ---------------------------------------------------
 
 def _bad(value: str, expected: str) -> argparse.ArgumentTypeError:
-    return argparse.ArgumentTypeError(f"could not parse value: {value!r}; expected {expected}")
+    return argparse.ArgumentTypeError(f"got {value!r}; expected {expected}")
 
 
 def positive_int(value: str) -> int:
@@ -106,7 +106,7 @@ def comma_list(item: Callable[[str], object], what: str) -> Callable[[str], tupl
 def choice_list(choices: Sequence[str], what: str) -> Callable[[str], tuple]:
     def item(p: str) -> str:
         if p not in choices:
-            raise argparse.ArgumentTypeError(p)
+            raise argparse.ArgumentTypeError(f"unknown device {p!r}; expected cpu, cuda or cuda:N")
         return p
 
     def parse(value: str) -> tuple:
@@ -193,7 +193,7 @@ def prices_from_args(args: argparse.Namespace) -> dict | None:
 def device_item(p: str) -> str:
     if p == "cpu" or p == "cuda" or (p.startswith("cuda:") and p[5:].isdigit()):
         return p
-    raise argparse.ArgumentTypeError(p)
+    raise argparse.ArgumentTypeError(f"unknown device {p!r}; expected cpu, cuda or cuda:N")
 
 
 def parse_devices(value: str) -> tuple:

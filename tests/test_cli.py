@@ -18,7 +18,7 @@ def fails(capsys, argv, message):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["run", "--batch-sizes", "0"], "could not parse value: '0'; expected a comma-separated list of positive"),
+    (["run", "--batch-sizes", "0"], "got '0'; expected a comma-separated list of positive"),
     (["run", "--batch-sizes", "-4"], "'-4'"),
     (["run", "--batch-sizes", "32,abc"], "'32,abc'"),
     (["run", "--models", "lenet"], "unknown model 'lenet'; expected one or more of tutorial, tutorial-wide, resnet18"),

@@ -136,8 +136,8 @@ def test_workers_import_the_launchers_code():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["run", "--nproc", "0"], "could not parse value: '0'; expected a positive integer"),
-    (["run", "--nproc", "two"], "could not parse value: 'two'"),
+    (["run", "--nproc", "0"], "got '0'; expected a positive integer"),
+    (["run", "--nproc", "two"], "got 'two'"),
     (["run", "--master-port", "70000", "--nproc", "2"], "expected a TCP port 1-65535"),
     (["run", "--node-rank", "1"], "--node-rank only apply to a launch; add --nproc"),
     (["run", "--nnodes", "2", "--node-rank", "0"], "--nnodes 2 needs --node-rank, --master-addr and --master-port"),
