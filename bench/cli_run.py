@@ -123,6 +123,7 @@ def plan_sweep(args: argparse.Namespace, world: int = 1, check: bool = True) -> 
     """(configurations, run folder, whether they come from the folder's sweep.json) of the
     parsed flags of `cifar-bench run`, checked at the edge (UsageError with one line).
     `check=False`: devices asked for need not exist here (`--plan`)."""
+    import dataclasses
     import json
 
     from bench.config import RunConfig, build_sweep
@@ -139,6 +140,11 @@ def plan_sweep(args: argparse.Namespace, world: int = 1, check: bool = True) -> 
     from_file = args.resume and not grid_given(args) and (out / "sweep.json").exists()
     if from_file:  # the sweep as recorded, planned time-to-accuracy runs included
         configs = [RunConfig.from_dict(d) for d in json.loads((out / "sweep.json").read_text())]
+        # a budget flag given with --resume applies to what runs now (a skipped row, retried)
+        budget = {k: v for k, v in (("max_config_seconds", args.max_config_seconds),
+                                    ("max_seconds", args.max_seconds)) if v is not None}
+        if budget:
+            configs = [dataclasses.replace(c, **budget) for c in configs]
     else:
         configs = build_sweep(sweep_request(args, world))
     validate_user_models(c.model for c in configs)

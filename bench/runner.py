@@ -18,6 +18,7 @@ rank; any other error on a rank stops the job after rank 0 recorded the configur
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import sys
@@ -340,7 +341,8 @@ class Runner:
             return (f"over the time budget: batch {bs} took {step:.3g} s per steady step, so batch {cfg.batch_size} "
                     f"would take about {predicted_step:.2g} s per step and {predicted:.0f} s for the fewest steps "
                     f"it needs ({cfg.min_steps} timed, {cfg.min_steps} ceiling) > {cfg.max_config_seconds:g} s "
-                    "per configuration")
+                    f"per configuration (to run it: `cifar-bench run --out FOLDER --resume --retry-all "
+                    f"--max-config-seconds {math.ceil(max(predicted * 1.5, cfg.max_config_seconds * 2, 1))}`)")
         return None
 
     def _reference_step(self, cfg: RunConfig, pass_index: int | None) -> float | None:

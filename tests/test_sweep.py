@@ -1,6 +1,7 @@
 """The sweep's bookkeeping around the protocol: resume, per-configuration memory, CPU use of
 children, refusals, flags, compile, time to accuracy, drift and peaks. CPU only, tiny data."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -39,12 +40,16 @@ def test_resume_runs_failed_rows_again_and_a_budget_change_duplicates_nothing(tm
 
 
 def test_retry_all_runs_skipped_rows_again(tmp_path):
-    _, rows = sweep(tmp_path, [tiny(model="resnet18", batch_size=64, max_config_seconds=0.001)])
-    assert rows[0]["status"] == "skipped"
-    _, rows = sweep(tmp_path, [tiny(model="resnet18", batch_size=64, max_config_seconds=0.001)], resume=True)
+    small, large = tiny(batch_size=8), tiny(batch_size=64, max_config_seconds=1e-6)
+    _, rows = sweep(tmp_path, [small, large])
+    assert [r["status"] for r in rows] == ["ok", "skipped"]  # predicted from batch 8's steps
+    assert "--resume --retry-all --max-config-seconds" in rows[1]["reason"]
+    _, rows = sweep(tmp_path, [small, large], resume=True)
     assert rows == []  # a skip is the configuration's own outcome
-    _, rows = sweep(tmp_path, [tiny(model="resnet18", batch_size=8, train_size=64)], resume=True, retry_all=True)
-    assert [r["status"] for r in rows] == ["ok"]
+    larger_budget = dataclasses.replace(large, max_config_seconds=60.0)  # the same configuration
+    runner, rows = sweep(tmp_path, [small, larger_budget], resume=True, retry_all=True)
+    assert [(r["batch_size"], r["status"]) for r in rows] == [(64, "ok")]  # batch 8 was ok: not run again
+    assert [r["status"] for r in runner.store.load()] == ["ok", "ok"]
 
 
 def test_a_configuration_that_cannot_run_by_construction_is_skipped_not_failed(tmp_path):
@@ -303,3 +308,21 @@ def test_compile_scope_resets_dynamo_records_recompiles_and_refuses_an_eager_fal
                     f(torch.ones(n))  # the limit is hit: Dynamo would run the rest eager
     assert len(resets) == 2  # each compiled configuration starts from a fresh Dynamo
     assert not torch._dynamo.config.fail_on_recompile_limit_hit  # restored after the block
+
+
+def test_a_budget_flag_with_resume_applies_to_the_recorded_sweep(tmp_path):
+    # a skipped row's reason names `--resume --retry-all --max-config-seconds N`: the flag must reach it
+    from bench.cli import build_parser
+    from bench.cli_run import plan_sweep
+
+    out = tmp_path / "run"
+    out.mkdir()
+    recorded = [tiny(batch_size=8, max_config_seconds=0.001), tiny(batch_size=16, max_config_seconds=0.001)]
+    (out / "sweep.json").write_text(json.dumps([dataclasses.asdict(c) for c in recorded]))
+    args = build_parser().parse_args(["run", "--out", str(out), "--resume", "--retry-all",
+                                      "--max-config-seconds", "90", "--max-seconds", "0.5"])
+    configs, _, from_file = plan_sweep(args, check=False)
+    assert from_file and [c.key() for c in configs] == [c.key() for c in recorded]  # the same configurations
+    assert {(c.max_config_seconds, c.max_seconds) for c in configs} == {(90.0, 0.5)}
+    plain = build_parser().parse_args(["run", "--out", str(out), "--resume"])
+    assert {c.max_config_seconds for c in plan_sweep(plain, check=False)[0]} == {0.001}
