@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -87,3 +88,14 @@ def test_a_reader_that_leaves_the_pipe_is_not_an_error():
     finally:
         os.close(write)
     assert done.returncode == 0 and "Traceback" not in done.stderr.decode(), done.stderr.decode()
+
+
+@pytest.mark.parametrize("command", ["run", "perf", "compare"])
+def test_help_states_each_default_once_as_typed(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: (" not in text
+    assert not re.search(r"\(default: [^)]*\) \(default:", text)
+    if command == "run":
+        assert "cpu,cuda (default: cpu)" in text and text.count("(default: standard)") == 1
