@@ -106,7 +106,7 @@ def comma_list(item: Callable[[str], object], what: str) -> Callable[[str], tupl
 def choice_list(choices: Sequence[str], what: str) -> Callable[[str], tuple]:
     def item(p: str) -> str:
         if p not in choices:
-            raise argparse.ArgumentTypeError(f"unknown device {p!r}; expected cpu, cuda or cuda:N")
+            raise argparse.ArgumentTypeError(p)  # parse() below names every bad item
         return p
 
     def parse(value: str) -> tuple:
