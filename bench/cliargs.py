@@ -4,6 +4,7 @@ functions argparse calls (`type=`), each naming the bad value and what was expec
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,69 +24,43 @@ def _bad(value: str, expected: str) -> argparse.ArgumentTypeError:
     return argparse.ArgumentTypeError(f"got {value!r}; expected {expected}")
 
 
-def positive_int(value: str) -> int:
+def _number(value: str, cast: Callable[[str], float], ok: Callable[[float], bool], expected: str):
+    """`value` as `cast` makes it, if `ok` accepts it; else one line naming what was expected."""
     try:
-        n = int(value)
+        x = cast(value)
     except ValueError:
-        raise _bad(value, "a positive integer") from None
-    if n < 1:
-        raise _bad(value, "a positive integer")
-    return n
+        raise _bad(value, expected) from None
+    if not ok(x):
+        raise _bad(value, expected)
+    return x
+
+
+def positive_int(value: str) -> int:
+    return _number(value, int, lambda n: n >= 1, "a positive integer")
 
 
 def non_negative_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise _bad(value, "an integer >= 0") from None
-    if n < 0:
-        raise _bad(value, "an integer >= 0")
-    return n
+    return _number(value, int, lambda n: n >= 0, "an integer >= 0")
 
 
 def positive_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise _bad(value, "a positive number") from None
-    if not x > 0 or x != x or x == float("inf"):
-        raise _bad(value, "a positive number")
-    return x
+    return _number(value, float, lambda x: 0 < x < math.inf, "a positive number")  # NaN fails both
 
 
 def alpha_level(value: str) -> float:
     """A significance level strictly between 0 and 0.5 (the TOST interval is 1 - 2 alpha)."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise _bad(value, "a significance level between 0 and 0.5, such as 0.05") from None
-    if not 0 < x < 0.5:
-        raise _bad(value, "a significance level between 0 and 0.5, such as 0.05")
-    return x
+    return _number(value, float, lambda x: 0 < x < 0.5, "a significance level between 0 and 0.5, such as 0.05")
 
 
 def percent(value: str) -> float:
     """A percentage, 0 < x < 100 (e.g. 5 for 5%)."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise _bad(value, "a percentage between 0 and 100, such as 5") from None
-    if not 0 < x < 100:
-        raise _bad(value, "a percentage between 0 and 100, such as 5")
-    return x
+    return _number(value, float, lambda x: 0 < x < 100, "a percentage between 0 and 100, such as 5")
 
 
 def fraction(value: str) -> float:
     """A fraction 0..1, or a percentage 1..100."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise _bad(value, "an accuracy such as 0.6 or 60") from None
-    if 1 < x <= 100:
-        x /= 100
-    if not 0 < x <= 1:
-        raise _bad(value, "an accuracy such as 0.6 or 60")
-    return x
+    x = _number(value, float, lambda x: 0 < x <= 100, "an accuracy such as 0.6 or 60")
+    return x / 100 if x > 1 else x
 
 
 def comma_list(item: Callable[[str], object], what: str) -> Callable[[str], tuple]:
