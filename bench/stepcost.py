@@ -38,7 +38,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench import timing
-from cnn.train import Trainer
+from cnn.train import Trainer, matmul_precision
 
 PHASES = ("forward", "backward", "optimizer")
 HOST_OP_LOOP = 2000  # operators per timed call: the clock's own cost vanishes
@@ -176,9 +176,13 @@ def native_stderr_quiet() -> Iterator[None]:
 
 
 def step_operators(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict[str, list[str]]:
-    """Leaf aten operators of one step of `trainer` on (x, y), by phase (count_ops)."""
+    """Leaf aten operators of one step of `trainer` on (x, y), by phase (count_ops). The step
+    runs under the trainer's TF32 setting, as its timed steps do: on CUDA, cuDNN keys its
+    chosen algorithms on that setting, so another one would autotune every convolution again
+    inside the row's memory window."""
     timing.synchronize(trainer.device)
-    with native_stderr_quiet(), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with native_stderr_quiet(), matmul_precision(trainer.device, trainer.precision), \
+            profile(activities=[ProfilerActivity.CPU]) as prof:
         trainer.step(x, y)
         timing.synchronize(trainer.device)
     return count_ops(prof.events())

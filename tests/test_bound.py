@@ -4,6 +4,7 @@ of the bound on this CPU in a small real sweep (live numbers compared only with 
 CUDA rows here are FABRICATED (tmp folders only); the real GPU side is the cuda-marked test."""
 
 import json
+import types
 
 import pytest
 import torch
@@ -73,6 +74,31 @@ def test_saved_tensor_hooks_add_no_operator():
     with stepcost.saved_storages(set()) as saved:
         hooked = stepcost.step_operators(step, x, y)
     assert saved and hooked == plain_count
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "tf32"])
+def test_the_profiled_step_runs_under_the_rows_tf32_setting(monkeypatch, precision):
+    """On CUDA the timed steps run with TF32 on for tf32 and off otherwise (matmul_precision);
+    the profiled step must too, or cuDNN autotunes every convolution again (its algorithm cache
+    is keyed on the setting) inside the row's memory window. The CUDA runtime is stubbed: the
+    switches are plain flags on a CPU build."""
+    seen = []
+
+    def step(x, y):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return x.sum()
+
+    monkeypatch.setattr(stepcost.timing, "synchronize", lambda device: None)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    wrong = precision != "tf32"  # the defaults a step outside the switch would see
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = wrong
+    try:
+        trainer = types.SimpleNamespace(device=torch.device("cuda"), precision=precision, step=step)
+        stepcost.step_operators(trainer, *batch())
+        assert seen == [(not wrong, not wrong)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (wrong, wrong)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_measure_step_counts_the_eager_step_and_keeps_the_trainers_optimizer():
