@@ -135,10 +135,15 @@ class StepTimer:
         self._marks: list = []
 
     def start(self) -> None:
+        if self.cuda:
+            # Pre-created events: creating one per step would cost more than recording it. torch
+            # creates an event's CUDA handle at its first record(), so each is recorded once here,
+            # before the idle sync, and a step's mark only re-records it.
+            self._events = [self._event(enable_timing=True) for _ in range(self.steps + 1)]
+            for event in self._events:
+                event.record()
         self._sync(self.device)  # the timed loop starts from an idle device
         if self.cuda:
-            # Pre-created events: creating one per step would cost more than recording it.
-            self._events = [self._event(enable_timing=True) for _ in range(self.steps + 1)]
             self._events[0].record()
             self._marks = [self._events[0]]
         else:
@@ -171,7 +176,7 @@ def mark_cost(device: torch.device | str, calls: int = 20_000, clock: Clock = ti
               sync: Callable[[torch.device], None] | None = None) -> float:
     """Seconds per StepTimer.mark(), the per-step instrumentation of every timed loop. The
     timer is started first, as a timed block is (on CUDA `start()` creates the block's events
-    then, outside its steps), so only the marks are timed. `events`/`sync` as in StepTimer."""
+    and their CUDA handles then, outside its steps), so only the marks are timed. `events`/`sync` as in StepTimer."""
     device = torch.device(device)
     sync = sync if sync is not None else synchronize
     timer = StepTimer(device, calls, clock=clock, events=events, sync=sync)

@@ -77,3 +77,19 @@ def test_synchronized_call_returns_after_the_kernels_finish():
     torch.cuda.synchronize()
     assert timing.synchronized(queue_a_long_kernel, "cuda")() == 7
     assert torch.cuda.current_stream().query()  # nothing left running: a host clock sees the whole call
+
+
+@pytest.mark.cuda
+def test_the_step_timer_times_queued_gpu_work_with_events():
+    """On CUDA a step's mark only queues an event (no sync): the host runs ahead of the GPU,
+    and samples() gives each step's GPU time."""
+    timer = timing.StepTimer("cuda", 2)
+    timer.start()
+    torch.cuda._sleep(100_000_000)  # a long step (~0.05 s of spinning)
+    timer.mark()
+    torch.cuda._sleep(10_000_000)  # a step a tenth as long
+    assert timer.mark()
+    assert not torch.cuda.current_stream().query()  # the marks did not wait for the GPU
+    long, short = timer.samples()
+    assert long > 3 * short > 0
+    assert timer.method == "cuda_event"
